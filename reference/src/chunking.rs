@@ -1,0 +1,70 @@
+//! Index helpers shared by the chunked kernels: chunk bounds and `seq_idx` look-ups.
+
+use ndarray::ArrayView2;
+
+/// `(start, len)` of chunk `c` of size `q` in a sequence of length `l`.
+pub fn chunk_bounds(c: usize, q: usize, l: usize) -> (usize, usize) {
+    let start = c * q;
+    (start, q.min(l.saturating_sub(start)))
+}
+
+/// The sequence id of token `t` of row `b` (0 without `seq_idx`).
+pub fn seq_id(seq_idx: Option<&ArrayView2<'_, i32>>, b: usize, t: usize) -> i32 {
+    seq_idx.map_or(0, |s| s[[b, t]])
+}
+
+/// The id of the last token of chunk `c` (the id a chunk's state `S_c` belongs to).
+pub fn chunk_end_id(
+    seq_idx: Option<&ArrayView2<'_, i32>>,
+    b: usize,
+    c: usize,
+    q: usize,
+    l: usize,
+) -> i32 {
+    let (start, len) = chunk_bounds(c, q, l);
+    if len == 0 {
+        return 0;
+    }
+    seq_id(seq_idx, b, start + len - 1)
+}
+
+/// The id of the last token before chunk `c` (0 for the first chunk: the initial state belongs
+/// to sequence 0). The state `P_c` entering chunk `c` reaches token `t` only if `t`'s id equals it.
+pub fn prev_chunk_end_id(
+    seq_idx: Option<&ArrayView2<'_, i32>>,
+    b: usize,
+    c: usize,
+    q: usize,
+) -> i32 {
+    if c == 0 {
+        0
+    } else {
+        seq_id(seq_idx, b, c * q - 1)
+    }
+}
+
+/// Reads `(nc, q)` off a (b, h, c, Q) tensor and checks it against `(b, h, l)`.
+pub fn check_bhcq(
+    tensor: &'static str,
+    shape: &[usize],
+    nb: usize,
+    nh: usize,
+    l: usize,
+) -> Result<(usize, usize), crate::SsdError> {
+    let q = if shape.len() == 4 { shape[3] } else { 0 };
+    if q == 0 {
+        return Err(crate::SsdError::ZeroChunkSize);
+    }
+    let nc = l.div_ceil(q);
+    crate::validate::check_shape(tensor, &[nb, nh, nc, q], shape)?;
+    Ok((nc, q))
+}
+
+/// Value of `D` for head `h`, channel `p` (`D` is (h) or (h, p)).
+pub fn d_at(d: &ndarray::ArrayViewD<'_, f64>, h: usize, p: usize) -> f64 {
+    if d.ndim() == 1 {
+        d[[h]]
+    } else {
+        d[[h, p]]
+    }
+}

@@ -1,0 +1,21 @@
+//! Shared helpers of the cross-crate tests.
+
+/// Path of a file under `tests/data/`.
+pub fn data_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(rel)
+}
+
+/// proptest config with `cases` by default, raised by `PROPTEST_CASES`.
+pub fn cases(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

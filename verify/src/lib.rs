@@ -1,0 +1,15 @@
+//! # ssd-verify
+//!
+//! How we know an SSD implementation is right: the error metrics and thresholds
+//! ([`tolerance`]), seeded generators ([`gen`], [`rng`]) and proptest strategies
+//! ([`strategies`]) of whole problems, valid and broken.
+
+pub mod gen;
+pub mod npz;
+pub mod problem_file;
+pub mod rng;
+pub mod strategies;
+pub mod tolerance;
+
+pub use gen::{DKind, ProblemSpec};
+pub use tolerance::{max_abs, rel_l2};
