@@ -4,6 +4,7 @@
 //! ([`tolerance`]), seeded generators ([`gen`], [`rng`]) and proptest strategies
 //! ([`strategies`]) of whole problems, valid and broken.
 
+pub mod bench;
 pub mod gen;
 pub mod npz;
 pub mod problem_file;
