@@ -31,6 +31,7 @@
 //! # Ok::<(), ssd_reference::SsdError>(())
 //! ```
 
+pub mod backward;
 pub mod chunking;
 mod decode;
 mod error;
@@ -38,9 +39,16 @@ mod forms;
 pub mod forward;
 mod kernel;
 mod norm;
+mod norm_bwd;
 mod problem;
 pub mod validate;
 
+pub use backward::{
+    bmm_chunk_bwd, chunk_cumsum_bwd, chunk_scan_bwd_dc, chunk_scan_bwd_dcb,
+    chunk_scan_bwd_ddacs_stable, chunk_scan_bwd_dstates, chunk_scan_bwd_dz,
+    chunk_scan_chunk_state_bwd_dx, chunk_state_bwd_db, mamba_chunk_scan_combined_bwd,
+    ssd_chunked_bwd, ssd_recurrent_bwd, ssd_recurrent_bwd_with_dda, state_passing_bwd,
+};
 pub use decode::{
     selective_state_update, validate_decode, DecodeDims, DecodeInputs, DecodeOptions,
 };
@@ -51,6 +59,7 @@ pub use forms::{
 pub use forward::{bmm_chunk, chunk_cumsum, chunk_scan, chunk_state, state_passing};
 pub use kernel::Kernel;
 pub use norm::{rmsnorm_gated, swiglu, validate_rmsnorm, RmsNormOptions};
+pub use norm_bwd::{rmsnorm_gated_bwd, swiglu_bwd};
 pub use problem::{
     process_dt, process_dt_grad, sigmoid, silu, AAdjoint, Dims, Gradients, Inputs, Options,
     Outputs, Problem,
