@@ -1,6 +1,48 @@
 //! # ssd-gpu
 //!
-//! The CUDA backend of the Mamba-2 SSD layer (cudarc with dynamic loading, NVRTC).
-//! Kernels arrive with the CUDA issue; see DESIGN.md §5.
+//! The CUDA backend of the Mamba-2 SSD layer: every kernel of the op family (the five forward
+//! kernels, every backward kernel, `selective_state_update`, `rmsnorm_gated`, `swiglu`) as CUDA C
+//! in `gpu/kernels/*.cu`, compiled by NVRTC at first use for the device's architecture and
+//! cached per process; loaded through `cudarc` with dynamic loading, so this crate builds and
+//! runs (answering [`SsdError::NoCudaDriver`]) on machines without CUDA.
+//!
+//! Arithmetic is f32 throughout (fused multiply-adds, no TF32, no fast math), indices are 64-bit,
+//! and every reduction has a fixed order (no float atomics): results are bit-identical run to
+//! run. The matmul-shaped work (CB, chunk states, chunk scan, dx, dB, dC, dCB, ddA_intra) runs
+//! through one shared-memory tiled core (64 × 64 output tiles, 256 threads with 4 × 4 register
+//! tiles, coalesced global loads along the contiguous axis of each operand).
+//!
+//! ```no_run
+//! use ssd_gpu::{DeviceInputs, Gpu};
+//! # fn f(problem: &ssd_reference::Problem<f32>) -> Result<(), ssd_reference::SsdError> {
+//! let gpu = Gpu::new()?; // Err(NoCudaDriver | NoCudaDevice) without a GPU, never a panic
+//! let inputs = DeviceInputs::upload(&gpu, &problem.inputs(), &problem.options)?;
+//! let out = gpu.mamba_chunk_scan_combined(&inputs, &problem.options)?;
+//! let host = out.download(&gpu)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Kernel functions are methods of [`Gpu`] with the argument lists of `docs/kernels.md`
+//! (device buffers in place of views): [`Gpu::chunk_cumsum`], [`Gpu::chunk_state`],
+//! [`Gpu::state_passing`], [`Gpu::bmm_chunk`], [`Gpu::chunk_scan`], the backward kernels
+//! ([`Gpu::chunk_scan_bwd_dz`] … [`Gpu::chunk_cumsum_bwd`]), [`Gpu::selective_state_update`],
+//! [`Gpu::rmsnorm_gated`], [`Gpu::swiglu`] and their backward, and the combined calls
+//! [`Gpu::mamba_chunk_scan_combined`] and [`Gpu::mamba_chunk_scan_combined_bwd`].
 
+mod array;
+mod backward;
+mod combined;
+mod decode;
+mod device;
+mod forward;
+mod norm;
+
+pub use array::{
+    DeviceArray, DeviceArray1, DeviceArray2, DeviceArray3, DeviceArray4, DeviceArray5, DeviceArrayD,
+};
+pub use combined::{
+    DeviceAAdjoint, DeviceGradients, DeviceInputs, DeviceOutputs, GpuChunkedForward,
+};
+pub use decode::DeviceDecodeInputs;
+pub use device::{hash_value, probe, Gpu, GpuEvent};
 pub use ssd_reference::SsdError;

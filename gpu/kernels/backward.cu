@@ -1,0 +1,708 @@
+// backward.cu — the backward kernels of the chunked SSD (DESIGN.md §2), f32, deterministic.
+//
+// Reductions that cross blocks (dD, the per-head A adjoints, dA, ddt_bias, ddA_chunk) are
+// written as per-block partials and summed by a second kernel in a fixed order.
+
+// chunk_scan_bwd_dz: one thread per column (h, p) of a run of `rows_per` rows (b·l):
+// dy = dout ⊙ silu(z) (dout without z), dz = dout ⊙ y ⊙ σ(z)(1 + z(1 − σ(z))),
+// dD partial = Σ_rows dy ⊙ x  → part[row_chunk, h·p].
+extern "C" __global__ void __launch_bounds__(NT) bwd_dz_kernel(
+    const float* __restrict__ dout, const float* __restrict__ x, const float* __restrict__ y,
+    const float* __restrict__ z, float* __restrict__ dy, float* __restrict__ dz,
+    float* __restrict__ dd_part, i64 rows, i64 hp, i64 rows_per) {
+    const i64 ncb = (hp + NT - 1) / NT;
+    BlockIdx bi;
+    const i64 cbk = bi.next(ncb), rc = bi.rest;
+    const i64 j = cbk * NT + threadIdx.x;
+    if (j >= hp) return;
+    const i64 r0 = rc * rows_per;
+    const i64 r1 = min(rows, r0 + rows_per);
+    float acc = 0.0f;
+    for (i64 r = r0; r < r1; ++r) {
+        const i64 o = r * hp + j;
+        const float g = dout[o];
+        float dyv = g;
+        if (z) {
+            const float zv = z[o];
+            const float sg = sigmoid_f(zv);
+            dyv = g * (zv * sg);
+            dz[o] = g * y[o] * (sg * (1.0f + zv * (1.0f - sg)));
+        }
+        dy[o] = dyv;
+        if (dd_part) acc = fmaf(dyv, x[o], acc);
+    }
+    if (dd_part) dd_part[rc * hp + j] = acc;
+}
+
+// Sums `nparts` partial rows of length `len` in order: out[j] = Σ_r part[r, j]; with
+// `group` > 1 additionally out[j / group] sums `group` consecutive columns (dD of shape (h)).
+extern "C" __global__ void __launch_bounds__(NT) sum_rows_kernel(
+    const float* __restrict__ part, float* __restrict__ out, i64 nparts, i64 len, i64 group) {
+    const i64 jo = (i64)blockIdx.x * NT + threadIdx.x;
+    if (jo * group >= len) return;
+    float acc = 0.0f;
+    for (i64 jj = 0; jj < group; ++jj) {
+        const i64 j = jo * group + jj;
+        float s = 0.0f;
+        for (i64 r = 0; r < nparts; ++r) s += part[r * len + j];
+        acc += s;
+    }
+    out[jo] = acc;
+}
+
+// state_passing_bwd: per (b, h) and slice of p·n (EPT elements per thread), reverse over chunks:
+// dS_c = G_c; G_{c−1} = dP_c + decay_c G_c; dinit = G_{−1};
+// ddA_chunk partial = ⟨P_c, G_c⟩ over the slice → part[(b, h, c), slice].
+#define SP_EPT 8
+extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_kernel(
+    const float* __restrict__ prev, const float* __restrict__ dacs, const float* __restrict__ dprev,
+    const float* __restrict__ dfinal, const int* __restrict__ seq, float* __restrict__ dstates,
+    float* __restrict__ dinit, float* __restrict__ part, i64 nb, i64 l, i64 nh, i64 pn, i64 q,
+    i64 nc, i64 nsplit) {
+    __shared__ float red[32];
+    BlockIdx bi;
+    const i64 sp = bi.next(nsplit), h = bi.next(nh), b = bi.rest;
+    const i64 ebase = sp * (NT * SP_EPT);
+    float G[SP_EPT];
+#pragma unroll
+    for (int k = 0; k < SP_EPT; ++k) {
+        const i64 e = ebase + k * NT + threadIdx.x;
+        G[k] = (dfinal && e < pn) ? dfinal[(b * nh + h) * pn + e] : 0.0f;
+    }
+    for (i64 c = nc - 1; c >= 0; --c) {
+        const bool same = chunk_end_id(seq, l, q, b, c) == prev_end_id(seq, l, q, b, c);
+        const float decay = same ? expf(dacs[((b * nh + h) * nc + c) * q + q - 1]) : 0.0f;
+        const i64 ob = ((b * nc + c) * nh + h) * pn;
+        float dot = 0.0f;
+#pragma unroll
+        for (int k = 0; k < SP_EPT; ++k) {
+            const i64 e = ebase + k * NT + threadIdx.x;
+            if (e < pn) {
+                dstates[ob + e] = G[k];
+                dot = fmaf(prev[ob + e], G[k], dot);
+                G[k] = dprev[ob + e] + decay * G[k];
+            }
+        }
+        dot = block_sum(dot, red);
+        if (threadIdx.x == 0) part[((b * nh + h) * nc + c) * nsplit + sp] = dot;
+    }
+#pragma unroll
+    for (int k = 0; k < SP_EPT; ++k) {
+        const i64 e = ebase + k * NT + threadIdx.x;
+        if (e < pn) dinit[(b * nh + h) * pn + e] = G[k];
+    }
+}
+
+// ddA_chunk[b, h, c] = [same] exp(a_last,c) Σ_slices part.
+extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_reduce_kernel(
+    const float* __restrict__ part, const float* __restrict__ dacs, const int* __restrict__ seq,
+    float* __restrict__ ddA_chunk, i64 nb, i64 l, i64 nh, i64 q, i64 nc, i64 nsplit) {
+    const i64 idx = (i64)blockIdx.x * NT + threadIdx.x;
+    if (idx >= nb * nh * nc) return;
+    const i64 c = idx % nc, b = idx / (nc * nh);
+    float s = 0.0f;
+    for (i64 k = 0; k < nsplit; ++k) s += part[idx * nsplit + k];
+    const bool same = chunk_end_id(seq, l, q, b, c) == prev_end_id(seq, l, q, b, c);
+    ddA_chunk[idx] = same ? expf(dacs[idx * q + q - 1]) * s : 0.0f;
+}
+
+// chunk_scan_chunk_state_bwd_dx: per (b, c, h) and 64-row tile of tokens s, all p tiles in turn:
+//   bracket[s, p] = e_s Σ_n B[s, n] dS[p, n] + Σ_{l≥s} CB[l, s] exp(a_l − a_s) dy[l, p]
+//   (e_s = [id_s = id_last] exp(a_last − a_s)); dx = Δ_s bracket + D dy;
+//   ddt_direct_s = Σ_p bracket[s, p] x[s, p] (summed in fixed order over the p tiles).
+extern "C" __global__ void __launch_bounds__(NT) bwd_dx_kernel(
+    const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
+    const float* __restrict__ B, const float* __restrict__ cb, const float* __restrict__ dy,
+    const float* __restrict__ dS, const float* __restrict__ D, int d_per_channel,
+    const int* __restrict__ seq, float* __restrict__ dx, float* __restrict__ ddt_direct, i64 nb,
+    i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
+    __shared__ GemmSmem<4, 4> sm;
+    __shared__ float dsr[64], erow[64], dtr[64], dlk[BKK];
+    const i64 ts = (q + 63) / 64;
+    BlockIdx bi;
+    const i64 st = bi.next(ts), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
+    const i64 g = h / (nh / ng);
+    const i64 c0 = c * q;
+    const i64 len = min(q, l - c0);
+    const i64 s0 = st * 64;
+    const float* dtc = dt + ((b * nh + h) * nc + c) * q;
+    const float* dac = dacs + ((b * nh + h) * nc + c) * q;
+    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+    if (s0 >= len) {
+        // padded rows: ddt_direct is 0 there
+        if (threadIdx.x < 64 && s0 + threadIdx.x < q) ddt_direct[((b * nh + h) * nc + c) * q + s0 + threadIdx.x] = 0.0f;
+        return;
+    }
+    const int lid = chunk_end_id(seq, l, q, b, c);
+    const float a_last = dac[q - 1];
+    if (threadIdx.x < 64) {
+        const i64 s = s0 + threadIdx.x;
+        float a = 0.0f, e = 0.0f, d = 0.0f;
+        if (s < len) {
+            a = dac[s];
+            d = dtc[s];
+            if (seq_at(seq, l, b, c0 + s) == lid) e = expf(a_last - a);
+        }
+        dsr[threadIdx.x] = a;
+        erow[threadIdx.x] = e;
+        dtr[threadIdx.x] = d;
+    }
+    __syncthreads();
+    const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
+    const float* Bb = B + ((b * l + c0) * ng + g) * nn;
+    const float* dSb = dS + ((b * nc + c) * nh + h) * np * nn;
+    const float* dyb = dy + ((b * l + c0) * nh + h) * np;
+    const float* xb = x + ((b * l + c0) * nh + h) * np;
+    float rowdot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const i64 tp = (np + 63) / 64;
+    const i64 lbeg = s0;  // CB[l, s] is read for l ≥ s only (the combined op leaves the rest unwritten)
+    for (i64 pt = 0; pt < tp; ++pt) {
+        const i64 p0 = pt * 64;
+        float acc[4][4];
+        zero_acc(acc);
+        for (i64 k0 = 0; k0 < nn; k0 += BKK) {
+            gemm_step<4, 4, true, true>(
+                acc, sm, k0,
+                [&](int m, int kk, i64 k) -> float {
+                    const i64 s = s0 + m;
+                    return (s < len && k < nn) ? Bb[s * ng * nn + k] * erow[m] : 0.0f;
+                },
+                [&](int kk, int n, i64 k) -> float {
+                    const i64 p = p0 + n;
+                    return (k < nn && p < np) ? dSb[p * nn + k] : 0.0f;
+                });
+        }
+        for (i64 k0 = lbeg; k0 < len; k0 += BKK) {
+            if (threadIdx.x < BKK) {
+                const i64 li = k0 + threadIdx.x;
+                dlk[threadIdx.x] = li < len ? dac[li] : 0.0f;
+            }
+            __syncthreads();
+            gemm_step<4, 4, false, false>(
+                acc, sm, k0,
+                [&](int m, int kk, i64 li) -> float {
+                    const i64 s = s0 + m;
+                    return (s < len && li < len && li >= s) ? cbb[li * q + s] * expf(dlk[kk] - dsr[m]) : 0.0f;
+                },
+                [&](int kk, int n, i64 li) -> float {
+                    const i64 p = p0 + n;
+                    return (li < len && p < np) ? dyb[li * nh * np + p] : 0.0f;
+                });
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const i64 s = s0 + ty * 4 + i;
+            if (s >= len) continue;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const i64 p = p0 + tx * 4 + j;
+                if (p >= np) continue;
+                const i64 o = s * nh * np + p;
+                const float br = acc[i][j];
+                rowdot[i] = fmaf(br, xb[o], rowdot[i]);
+                float v = dtr[ty * 4 + i] * br;
+                if (D) v += (d_per_channel ? D[h * np + p] : D[h]) * dyb[o];
+                dx[((b * l + c0) * nh + h) * np + o] = v;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float r = half_warp_sum(rowdot[i]);
+        const i64 s = s0 + ty * 4 + i;
+        if (tx == 0 && s < q) ddt_direct[((b * nh + h) * nc + c) * q + s] = s < len ? r : 0.0f;
+    }
+}
+
+// chunk_state_bwd_db (mode 0) and chunk_scan_bwd_dc (mode 1): per (b, c, g), 64-row × 64-col
+// tile of (token, n), heads of the group in turn:
+//   G_h[r, n] = Σ_p X_h[r, p] M_h[p, n];  out[r, n] = Σ_h w_h[r] G_h[r, n]
+//   part[(b, h, c), n-tile, r] = w_h[r] Σ_{n in tile} Y[r, n] G_h[r, n]
+// mode 0: X = x, M = dS, Y = B, w = [id = id_last] Δ exp(a_last − a)   (U → ddA_next)
+// mode 1: X = dy, M = P, Y = C, w = [id = id_prev] exp(a)               (V = ddacs_prev)
+// `accumulate`: out += instead of out =.
+extern "C" __global__ void __launch_bounds__(NT) bwd_dbc_kernel(
+    int mode, const float* __restrict__ X, const float* __restrict__ M, const float* __restrict__ Y,
+    const float* __restrict__ dt, const float* __restrict__ dacs, const int* __restrict__ seq,
+    float* __restrict__ out, float* __restrict__ part, int accumulate, i64 nb, i64 l, i64 nh, i64 np,
+    i64 ng, i64 nn, i64 q, i64 nc) {
+    __shared__ GemmSmem<4, 4> sm;
+    __shared__ __align__(16) float ys[64][68];
+    __shared__ float wr[64];
+    const i64 tr = (q + 63) / 64, tn = (nn + 63) / 64;
+    BlockIdx bi;
+    const i64 nt = bi.next(tn), rt = bi.next(tr), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
+    const i64 hpg = nh / ng;
+    const i64 c0 = c * q;
+    const i64 len = min(q, l - c0);
+    const i64 r0 = rt * 64, n0 = nt * 64;
+    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+    if (r0 >= len) {
+        // rows past the sequence: only the partials need zeros
+        for (i64 hh = 0; hh < hpg; ++hh) {
+            const i64 h = g * hpg + hh;
+            const i64 r = r0 + threadIdx.x;
+            if (threadIdx.x < 64 && r < q) part[(((b * nh + h) * nc + c) * tn + nt) * q + r] = 0.0f;
+        }
+        return;
+    }
+    const int ref_id = mode == 0 ? chunk_end_id(seq, l, q, b, c) : prev_end_id(seq, l, q, b, c);
+    const float* Yb = Y + ((b * l + c0) * ng + g) * nn;
+    for (int e = threadIdx.x; e < 64 * 64; e += NT) {
+        const int r = e / 64, n = e % 64;
+        const i64 rr = r0 + r, ni = n0 + n;
+        ys[r][n] = (rr < len && ni < nn) ? Yb[rr * ng * nn + ni] : 0.0f;
+    }
+    float oacc[4][4];
+    zero_acc(oacc);
+    for (i64 hh = 0; hh < hpg; ++hh) {
+        const i64 h = g * hpg + hh;
+        const float* dtc = dt + ((b * nh + h) * nc + c) * q;
+        const float* dac = dacs + ((b * nh + h) * nc + c) * q;
+        if (threadIdx.x < 64) {
+            const i64 r = r0 + threadIdx.x;
+            float w = 0.0f;
+            if (r < len && seq_at(seq, l, b, c0 + r) == ref_id)
+                w = mode == 0 ? dtc[r] * expf(dac[q - 1] - dac[r]) : expf(dac[r]);
+            wr[threadIdx.x] = w;
+        }
+        // (the first gemm_step's barrier publishes wr and ys)
+        const float* Xb = X + ((b * l + c0) * nh + h) * np;
+        const float* Mb = M + ((b * nc + c) * nh + h) * np * nn;
+        float acc[4][4];
+        zero_acc(acc);
+        for (i64 k0 = 0; k0 < np; k0 += BKK) {
+            gemm_step<4, 4, true, false>(
+                acc, sm, k0,
+                [&](int m, int kk, i64 k) -> float {
+                    const i64 r = r0 + m;
+                    return (r < len && k < np) ? Xb[r * nh * np + k] : 0.0f;
+                },
+                [&](int kk, int n, i64 k) -> float {
+                    const i64 ni = n0 + n;
+                    return (k < np && ni < nn) ? Mb[k * nn + ni] : 0.0f;
+                });
+        }
+        if (np == 0) __syncthreads();
+        float pr[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float w = wr[ty * 4 + i];
+            float s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                oacc[i][j] = fmaf(w, acc[i][j], oacc[i][j]);
+                s = fmaf(ys[ty * 4 + i][tx * 4 + j], acc[i][j], s);
+            }
+            pr[i] = w * s;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float r = half_warp_sum(pr[i]);
+            const i64 rr = r0 + ty * 4 + i;
+            if (tx == 0 && rr < q) part[(((b * nh + h) * nc + c) * tn + nt) * q + rr] = rr < len ? r : 0.0f;
+        }
+        __syncthreads();  // wr is rewritten by the next head
+    }
+    float* ob = out + ((b * l + c0) * ng + g) * nn;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const i64 rr = r0 + ty * 4 + i;
+        if (rr >= len) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 ni = n0 + tx * 4 + j;
+            if (ni >= nn) continue;
+            const i64 o = rr * ng * nn + ni;
+            ob[o] = accumulate ? ob[o] + oacc[i][j] : oacc[i][j];
+        }
+    }
+}
+
+// Per (b, h, c): v_k = Σ_parts part[(b,h,c), part, k] (fixed order), then
+// mode 0: out = v; mode 1: out_k = Σ_{s<k} v_s (exclusive prefix, ddA_next);
+// mode 2: out_k = Σ_{s≥k} v_s (reverse inclusive cumsum).
+extern "C" __global__ void __launch_bounds__(NT) reduce_parts_kernel(
+    const float* __restrict__ part, float* __restrict__ out, i64 nparts, i64 q, int mode) {
+    __shared__ float red[32];
+    const i64 bhc = blockIdx.x;
+    const float* pb = part + bhc * nparts * q;
+    float* ob = out + bhc * q;
+    float carry = 0.0f;
+    const i64 nseg = (q + NT - 1) / NT;
+    for (i64 sg = 0; sg < nseg; ++sg) {
+        // mode 2 walks segments from the end and indexes them in reverse
+        const i64 k = mode == 2 ? q - 1 - (sg * NT + threadIdx.x) : sg * NT + threadIdx.x;
+        const bool valid = mode == 2 ? (sg * NT + threadIdx.x) < q : k < q;
+        float v = 0.0f;
+        if (valid)
+            for (i64 pp = 0; pp < nparts; ++pp) v += pb[pp * q + k];
+        if (mode == 0) {
+            if (valid) ob[k] = v;
+            continue;
+        }
+        float total;
+        const float incl = block_inclusive_scan(v, red, total);
+        if (valid) ob[k] = carry + (mode == 1 ? incl - v : incl);
+        carry += total;
+    }
+}
+
+// chunk_scan_bwd_dcb: per (b, c, g), 64 × 64 tile (l, s):
+//   dCB[l, s] = Σ_{h in g} Σ_p dy[l, p] x[s, p] Δ_s exp(a_l − a_s)  for s ≤ l, else 0.
+extern "C" __global__ void __launch_bounds__(NT) bwd_dcb_kernel(
+    const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
+    const float* __restrict__ dy, float* __restrict__ dcb, i64 nb, i64 l, i64 nh, i64 np, i64 ng,
+    i64 q, i64 nc) {
+    __shared__ GemmSmem<4, 4> sm;
+    __shared__ float dlr[64], dsc[64], dtc_s[64];
+    const i64 tq = (q + 63) / 64;
+    BlockIdx bi;
+    const i64 st = bi.next(tq), lt = bi.next(tq), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
+    const i64 hpg = nh / ng;
+    const i64 c0 = c * q;
+    const i64 len = min(q, l - c0);
+    const i64 l0 = lt * 64, s0 = st * 64;
+    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+    float* ob = dcb + ((b * nc + c) * ng + g) * q * q;
+    float oacc[4][4];
+    zero_acc(oacc);
+    if (st <= lt && l0 < len) {
+        for (i64 hh = 0; hh < hpg; ++hh) {
+            const i64 h = g * hpg + hh;
+            const float* dtc = dt + ((b * nh + h) * nc + c) * q;
+            const float* dac = dacs + ((b * nh + h) * nc + c) * q;
+            if (threadIdx.x < 64) {
+                const i64 li = l0 + threadIdx.x, si = s0 + threadIdx.x;
+                dlr[threadIdx.x] = li < len ? dac[li] : 0.0f;
+                dsc[threadIdx.x] = si < len ? dac[si] : 0.0f;
+                dtc_s[threadIdx.x] = si < len ? dtc[si] : 0.0f;
+            }
+            const float* dyb = dy + ((b * l + c0) * nh + h) * np;
+            const float* xb = x + ((b * l + c0) * nh + h) * np;
+            float acc[4][4];
+            zero_acc(acc);
+            for (i64 k0 = 0; k0 < np; k0 += BKK) {
+                gemm_step<4, 4, true, true>(
+                    acc, sm, k0,
+                    [&](int m, int kk, i64 k) -> float {
+                        const i64 li = l0 + m;
+                        return (li < len && k < np) ? dyb[li * nh * np + k] : 0.0f;
+                    },
+                    [&](int kk, int n, i64 k) -> float {
+                        const i64 si = s0 + n;
+                        return (si < len && k < np) ? xb[si * nh * np + k] : 0.0f;
+                    });
+            }
+            if (np == 0) __syncthreads();
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const i64 li = l0 + ty * 4 + i;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const i64 si = s0 + tx * 4 + j;
+                    if (si <= li && li < len)
+                        oacc[i][j] = fmaf(acc[i][j], dtc_s[tx * 4 + j] * expf(dlr[ty * 4 + i] - dsc[tx * 4 + j]), oacc[i][j]);
+                }
+            }
+            __syncthreads();
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const i64 li = l0 + ty * 4 + i;
+        if (li >= q) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 si = s0 + tx * 4 + j;
+            if (si < q) ob[li * q + si] = oacc[i][j];
+        }
+    }
+}
+
+// chunk_scan_bwd_ddacs_stable: per (b, c, h) and 64-row tile L of l, over the s tiles S ≤ L:
+//   W[l, s] = (dy_l · x_s) Δ_s CB[l, s] exp(a_l − a_s) for s < l;
+//   T_L[k] = Σ_{l ∈ L, l ≥ k} Σ_{s < k} W[l, s]   (k in (S.min, S.max + 1] for each S)
+// formed from row prefix sums (carried across S tiles) and column sums over l ≥ k — sums of
+// products, never differences. part[(b, h, c), L, k]; summed over L by reduce_parts (mode 0).
+extern "C" __global__ void __launch_bounds__(NT) bwd_ddacs_kernel(
+    const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
+    const float* __restrict__ dy, const float* __restrict__ cb, float* __restrict__ part, i64 nb,
+    i64 l, i64 nh, i64 np, i64 ng, i64 q, i64 nc) {
+    __shared__ GemmSmem<4, 4> sm;
+    __shared__ float Ws[64][65];
+    __shared__ float dlr[64], dsc[64], dts[64], carry[64];
+    const i64 tq = (q + 63) / 64;
+    BlockIdx bi;
+    const i64 lt = bi.next(tq), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
+    const i64 g = h / (nh / ng);
+    const i64 c0 = c * q;
+    const i64 len = min(q, l - c0);
+    const i64 l0 = lt * 64;
+    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+    float* pb = part + (((b * nh + h) * nc + c) * tq + lt) * q;
+    const float* dtc = dt + ((b * nh + h) * nc + c) * q;
+    const float* dac = dacs + ((b * nh + h) * nc + c) * q;
+    const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
+    const float* dyb = dy + ((b * l + c0) * nh + h) * np;
+    const float* xb = x + ((b * l + c0) * nh + h) * np;
+    // k = 0 and k past this tile's rows get nothing from L
+    const i64 kmax = (l0 < len) ? min(q, l0 + 64) : 0;  // written below: k in [1, kmax]
+    for (i64 k = threadIdx.x; k < q; k += NT)
+        if (k == 0 || k > kmax) pb[k] = 0.0f;
+    if (l0 >= len) return;
+    if (threadIdx.x < 64) {
+        const i64 li = l0 + threadIdx.x;
+        dlr[threadIdx.x] = li < len ? dac[li] : 0.0f;
+        carry[threadIdx.x] = 0.0f;
+    }
+    for (i64 st = 0; st <= lt; ++st) {
+        const i64 s0 = st * 64;
+        if (threadIdx.x < 64) {
+            const i64 si = s0 + threadIdx.x;
+            dsc[threadIdx.x] = si < len ? dac[si] : 0.0f;
+            dts[threadIdx.x] = si < len ? dtc[si] : 0.0f;
+        }
+        float acc[4][4];
+        zero_acc(acc);
+        for (i64 k0 = 0; k0 < np; k0 += BKK) {
+            gemm_step<4, 4, true, true>(
+                acc, sm, k0,
+                [&](int m, int kk, i64 k) -> float {
+                    const i64 li = l0 + m;
+                    return (li < len && k < np) ? dyb[li * nh * np + k] : 0.0f;
+                },
+                [&](int kk, int n, i64 k) -> float {
+                    const i64 si = s0 + n;
+                    return (si < len && k < np) ? xb[si * nh * np + k] : 0.0f;
+                });
+        }
+        if (np == 0) __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const i64 li = l0 + ty * 4 + i;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const i64 si = s0 + tx * 4 + j;
+                float w = 0.0f;
+                if (si < li && li < len)
+                    w = acc[i][j] * dts[tx * 4 + j] * cbb[li * q + si] * expf(dlr[ty * 4 + i] - dsc[tx * 4 + j]);
+                Ws[ty * 4 + i][tx * 4 + j] = w;
+            }
+        }
+        __syncthreads();
+        // row prefix: 4 threads per row, 16 columns each, then a 4-lane scan (fixed order)
+        {
+            const int r = threadIdx.x >> 2, seg = threadIdx.x & 3;
+            float run = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                run += Ws[r][seg * 16 + j];
+                Ws[r][seg * 16 + j] = run;
+            }
+            // exclusive offsets of the 4 segments of the row
+            float t1 = __shfl_up_sync(0xffffffffu, run, 1, 4);
+            float t2 = __shfl_up_sync(0xffffffffu, run, 2, 4);
+            float t3 = __shfl_up_sync(0xffffffffu, run, 3, 4);
+            float off = carry[r];
+            if (seg >= 1) off += t1;
+            if (seg >= 2) off += t2;
+            if (seg >= 3) off += t3;
+            // note: off = carry + Σ of earlier segments (added left to right from the nearest)
+#pragma unroll
+            for (int j = 0; j < 16; ++j) Ws[r][seg * 16 + j] += off;
+            __syncthreads();
+            if (seg == 3) carry[r] = Ws[r][63];
+        }
+        __syncthreads();
+        // column sums over rows l ≥ k, k = s0 + j + 1: 4 threads per column, 16 rows each
+        {
+            const int j = threadIdx.x >> 2, seg = threadIdx.x & 3;
+            const i64 k = s0 + j + 1;
+            float s = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 16; ++i) {
+                const int r = seg * 16 + i;
+                if (l0 + r >= k) s += Ws[r][j];
+            }
+            s += __shfl_xor_sync(0xffffffffu, s, 1, 4);
+            s += __shfl_xor_sync(0xffffffffu, s, 2, 4);
+            if (seg == 0 && k <= kmax) pb[k] = s;
+        }
+        __syncthreads();
+    }
+}
+
+// bmm_chunk_bwd, dB (mode 0): dB[s, n] (+)= Σ_l dCBm[l, s] C[l, n];
+//                dC (mode 1): dC[l, n] (+)= Σ_s dCBm[l, s] B[s, n];
+// dCBm = dCB with the id mask and padding of bmm_chunk. `causal`: dCB is lower triangular
+// (the K range is cut to it). Per (b, c, g), 64 × 64 tile (token, n).
+extern "C" __global__ void __launch_bounds__(NT) bmm_chunk_bwd_kernel(
+    int mode, const float* __restrict__ dcb, const float* __restrict__ Y, const int* __restrict__ seq,
+    float* __restrict__ out, int accumulate, int causal, i64 nb, i64 l, i64 ng, i64 nn, i64 q,
+    i64 nc) {
+    __shared__ GemmSmem<4, 4> sm;
+    __shared__ int rid[64], kid[BKK];
+    const i64 tq = (q + 63) / 64, tn = (nn + 63) / 64;
+    BlockIdx bi;
+    const i64 nt = bi.next(tn), rt = bi.next(tq), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
+    const i64 c0 = c * q;
+    const i64 len = min(q, l - c0);
+    const i64 r0 = rt * 64, n0 = nt * 64;
+    if (r0 >= len) return;
+    const float* db = dcb + ((b * nc + c) * ng + g) * q * q;
+    const float* Yb = Y + ((b * l + c0) * ng + g) * nn;
+    if (threadIdx.x < 64) {
+        const i64 r = r0 + threadIdx.x;
+        rid[threadIdx.x] = r < len ? seq_at(seq, l, b, c0 + r) : -1;
+    }
+    float acc[4][4];
+    zero_acc(acc);
+    i64 kbeg = 0, kend = len;
+    if (causal) {
+        if (mode == 0) kbeg = r0;            // l ≥ s
+        else kend = min(len, r0 + 64);       // s ≤ l
+    }
+    kbeg = (kbeg / BKK) * BKK;
+    for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
+        if (threadIdx.x < BKK) {
+            const i64 k = k0 + threadIdx.x;
+            kid[threadIdx.x] = k < len ? seq_at(seq, l, b, c0 + k) : -2;
+        }
+        __syncthreads();
+        auto lb = [&](int kk, int n, i64 k) -> float {
+            const i64 ni = n0 + n;
+            return (k < kend && ni < nn) ? Yb[k * ng * nn + ni] : 0.0f;
+        };
+        if (mode == 0) {
+            gemm_step<4, 4, false, false>(
+                acc, sm, k0,
+                [&](int m, int kk, i64 k) -> float {  // A[s = r0 + m, l = k] = dCB[l, s]
+                    const i64 s = r0 + m;
+                    return (k < kend && s < len && rid[m] == kid[kk]) ? db[k * q + s] : 0.0f;
+                },
+                lb);
+        } else {
+            gemm_step<4, 4, true, false>(
+                acc, sm, k0,
+                [&](int m, int kk, i64 k) -> float {  // A[l = r0 + m, s = k] = dCB[l, s]
+                    const i64 li = r0 + m;
+                    return (k < kend && li < len && rid[m] == kid[kk]) ? db[li * q + k] : 0.0f;
+                },
+                lb);
+        }
+    }
+    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+    float* ob = out + ((b * l + c0) * ng + g) * nn;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const i64 rr = r0 + ty * 4 + i;
+        if (rr >= len) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 ni = n0 + tx * 4 + j;
+            if (ni >= nn) continue;
+            const i64 o = rr * ng * nn + ni;
+            ob[o] = accumulate ? ob[o] + acc[i][j] : acc[i][j];
+        }
+    }
+}
+
+// The combined backward's assembly of the A adjoint, per (b, h, c):
+//   intra = Σ_L part_intra; next = exclusive prefix of Σ part_u; prev = reverse cumsum of
+//   Σ part_v; chunk = ddA_chunk_c at valid positions; ddA = intra + next + prev + chunk.
+extern "C" __global__ void __launch_bounds__(NT) assemble_dda_kernel(
+    const float* __restrict__ part_intra, i64 n_intra, const float* __restrict__ part_u,
+    const float* __restrict__ part_v, i64 n_uv, const float* __restrict__ ddA_chunk,
+    float* __restrict__ dda, float* __restrict__ adj_intra, float* __restrict__ adj_next,
+    float* __restrict__ adj_prev, float* __restrict__ adj_chunk, i64 l, i64 q, i64 nc) {
+    __shared__ float red[32];
+    const i64 bhc = blockIdx.x;
+    const i64 c = bhc % nc;
+    const i64 len = min(q, l - c * q);
+    const float chunk = ddA_chunk[bhc];
+    const i64 nseg = (q + NT - 1) / NT;
+    // forward pass: intra, next, chunk
+    float carry = 0.0f;
+    for (i64 sg = 0; sg < nseg; ++sg) {
+        const i64 k = sg * NT + threadIdx.x;
+        float u = 0.0f, in = 0.0f;
+        if (k < q) {
+            for (i64 pp = 0; pp < n_uv; ++pp) u += part_u[(bhc * n_uv + pp) * q + k];
+            for (i64 pp = 0; pp < n_intra; ++pp) in += part_intra[(bhc * n_intra + pp) * q + k];
+        }
+        float total;
+        const float incl = block_inclusive_scan(u, red, total);
+        if (k < q) {
+            const i64 o = bhc * q + k;
+            adj_intra[o] = in;
+            adj_next[o] = carry + (incl - u);
+            adj_chunk[o] = k < len ? chunk : 0.0f;
+        }
+        carry += total;
+    }
+    // reverse pass: prev, then the total
+    carry = 0.0f;
+    for (i64 sg = 0; sg < nseg; ++sg) {
+        const i64 idx = sg * NT + threadIdx.x;
+        const i64 k = q - 1 - idx;
+        float v = 0.0f;
+        if (idx < q)
+            for (i64 pp = 0; pp < n_uv; ++pp) v += part_v[(bhc * n_uv + pp) * q + k];
+        float total;
+        const float incl = block_inclusive_scan(v, red, total);
+        if (idx < q) {
+            const i64 o = bhc * q + k;
+            const float pv = carry + incl;
+            adj_prev[o] = pv;
+            dda[o] = adj_intra[o] + adj_next[o] + pv + adj_chunk[o];
+        }
+        carry += total;
+    }
+}
+
+// chunk_cumsum_bwd: per (b, h): dΔ = ddA·A + ddt_direct; ddt = dΔ · process_dt'(dt);
+// partials of dA = Σ ddA·Δ and ddt_bias = Σ ddt → part[(b, h), 2]; summed over b by
+// chunk_cumsum_bwd_reduce.
+extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_bwd_kernel(
+    const float* __restrict__ dda, const float* __restrict__ ddt_direct, const float* __restrict__ dt,
+    const float* __restrict__ A, const float* __restrict__ dt_bias, float* __restrict__ ddt,
+    float* __restrict__ part, i64 nb, i64 l, i64 nh, i64 q, i64 nc, int softplus, float lo, float hi) {
+    __shared__ float red[32];
+    BlockIdx bi;
+    const i64 h = bi.next(nh), b = bi.rest;
+    const float a = A[h];
+    const float bias = dt_bias ? dt_bias[h] : 0.0f;
+    float sa = 0.0f, sb = 0.0f;
+    for (i64 t = threadIdx.x; t < l; t += NT) {
+        const i64 c = t / q, i = t % q;
+        const i64 o = ((b * nh + h) * nc + c) * q + i;
+        const float dtv = dt[(b * l + t) * nh + h];
+        const float delta = process_dt_f(dtv, bias, softplus, lo, hi);
+        const float gd = dda[o];
+        const float dD = fmaf(gd, a, ddt_direct[o]);
+        const float v = dD * process_dt_grad_f(dtv, bias, softplus, lo, hi);
+        ddt[(b * l + t) * nh + h] = v;
+        sa = fmaf(gd, delta, sa);
+        sb += v;
+    }
+    sa = block_sum(sa, red);
+    sb = block_sum(sb, red);
+    if (threadIdx.x == 0) {
+        part[(b * nh + h) * 2] = sa;
+        part[(b * nh + h) * 2 + 1] = sb;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_bwd_reduce_kernel(
+    const float* __restrict__ part, float* __restrict__ da, float* __restrict__ dbias, i64 nb, i64 nh) {
+    const i64 h = (i64)blockIdx.x * NT + threadIdx.x;
+    if (h >= nh) return;
+    float sa = 0.0f, sb = 0.0f;
+    for (i64 b = 0; b < nb; ++b) {
+        sa += part[(b * nh + h) * 2];
+        sb += part[(b * nh + h) * 2 + 1];
+    }
+    da[h] = sa;
+    if (dbias) dbias[h] = sb;
+}
