@@ -4,8 +4,11 @@
 //! ([`tolerance`]), seeded generators ([`gen`], [`rng`]) and proptest strategies
 //! ([`strategies`]) of whole problems, valid and broken.
 
+pub mod backends;
 pub mod bench;
+pub mod cli;
 pub mod gen;
+pub mod matrix;
 pub mod npz;
 pub mod problem_file;
 pub mod rng;

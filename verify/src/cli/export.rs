@@ -1,0 +1,221 @@
+//! `ssd-verify export FILE.npz`: writes a generated problem (DESIGN.md §4 keys) with its seeds
+//! and the float64 results: `out`, `final_states` from the literal recurrence, and every
+//! gradient from `ssd_recurrent_bwd` when `ssd-reference` has it.
+
+use super::CliError;
+use crate::gen::{random_array, DKind, ProblemSpec};
+use crate::matrix::report::{json_str, rows_json};
+use crate::matrix::{gradient_tensors, truth};
+use crate::problem_file::ProblemFile;
+use ndarray::Ix4;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Arguments of `export`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportArgs {
+    /// The file to write.
+    pub path: PathBuf,
+    /// b, l, h, p, g, n.
+    pub shape: [usize; 6],
+    /// Q.
+    pub chunk: usize,
+    /// Seed of the values.
+    pub seed: u64,
+    /// Options on (names as in the usage text).
+    pub options: Vec<String>,
+}
+
+/// The option names `--options` accepts.
+pub const OPTION_NAMES: [&str; 11] = [
+    "D",
+    "D_head",
+    "z",
+    "dt_bias",
+    "softplus",
+    "dt_limit",
+    "initial_states",
+    "seq_idx",
+    "dfinal_states",
+    "all",
+    "none",
+];
+
+/// Parses the arguments after `export`.
+pub fn parse<'a>(it: &mut impl Iterator<Item = &'a String>) -> Result<ExportArgs, CliError> {
+    let mut a = ExportArgs {
+        path: PathBuf::new(),
+        shape: [2, 128, 4, 16, 2, 16],
+        chunk: 32,
+        seed: 0,
+        options: Vec::new(),
+    };
+    let mut path = None;
+    let usage = |m: String| CliError::Usage(format!("export: {m}"));
+    while let Some(arg) = it.next() {
+        let mut val = |flag: &str| {
+            it.next()
+                .ok_or_else(|| usage(format!("{flag} needs a value")))
+        };
+        match arg.as_str() {
+            "--shape" => {
+                let v = val("--shape")?;
+                let s: Vec<usize> = v
+                    .split(',')
+                    .map(|x| x.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| usage(format!("--shape `{v}`: expected b,l,h,p,g,n")))?;
+                if s.len() != 6 || s.contains(&0) {
+                    return Err(usage(format!(
+                        "--shape `{v}`: expected six positive sizes b,l,h,p,g,n"
+                    )));
+                }
+                a.shape.copy_from_slice(&s);
+            }
+            "--chunk" => {
+                let v = val("--chunk")?;
+                a.chunk =
+                    v.parse().ok().filter(|q| *q > 0).ok_or_else(|| {
+                        usage(format!("--chunk `{v}`: expected a positive integer"))
+                    })?;
+            }
+            "--seed" => {
+                let v = val("--seed")?;
+                a.seed = v
+                    .parse()
+                    .map_err(|_| usage(format!("--seed `{v}`: expected an integer")))?;
+            }
+            "--options" => {
+                let v = val("--options")?;
+                for o in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                    if !OPTION_NAMES.contains(&o) {
+                        return Err(usage(format!(
+                            "unknown option `{o}` (one of: {})",
+                            OPTION_NAMES.join(" ")
+                        )));
+                    }
+                    a.options.push(o.to_string());
+                }
+            }
+            f if f.starts_with('-') => return Err(usage(format!("unknown flag `{f}`"))),
+            f => {
+                if path.replace(PathBuf::from(f)).is_some() {
+                    return Err(usage("takes one FILE".into()));
+                }
+            }
+        }
+    }
+    a.path = path.ok_or_else(|| usage("needs a FILE.npz to write".into()))?;
+    let [_, _, h, _, g, _] = a.shape;
+    if h % g != 0 {
+        return Err(usage(format!("g = {g} must divide h = {h}")));
+    }
+    Ok(a)
+}
+
+/// The spec and whether a `dfinal_states` seed is wanted.
+pub fn spec_of(a: &ExportArgs) -> (ProblemSpec, bool) {
+    let [b, l, h, p, g, n] = a.shape;
+    let mut s = ProblemSpec::plain(b, l, h, p, g, n, a.chunk).seed(a.seed);
+    let mut dfinal = false;
+    for o in &a.options {
+        match o.as_str() {
+            "D" => s.d = DKind::PerChannel,
+            "D_head" => s.d = DKind::PerHead,
+            "z" => s.z = true,
+            "dt_bias" => s.dt_bias = true,
+            "softplus" => s.options.dt_softplus = true,
+            "dt_limit" => s.options.dt_limit = (0.002, 0.2),
+            "initial_states" => s.initial_states = true,
+            "seq_idx" => s.seq_idx = true,
+            "dfinal_states" => dfinal = true,
+            "all" => {
+                s = s.all_options();
+                dfinal = true;
+            }
+            _ => {}
+        }
+    }
+    (s, dfinal)
+}
+
+/// Builds the problem file (inputs, seeds, float64 results).
+pub fn build(a: &ExportArgs) -> Result<ProblemFile, ssd_reference::SsdError> {
+    let (spec, dfinal) = spec_of(a);
+    let problem = spec.build();
+    let d = problem.dims();
+    let dout = random_array(&[d.batch, d.seqlen, d.nheads, d.headdim], a.seed ^ 0xD0)
+        .into_dimensionality::<Ix4>()
+        .expect("4-d");
+    let dfinal_states = dfinal.then(|| {
+        random_array(&[d.batch, d.nheads, d.headdim, d.dstate], a.seed ^ 0xDF)
+            .into_dimensionality::<Ix4>()
+            .expect("4-d")
+    });
+    let t = truth(&problem, Some(&dout), dfinal_states.as_ref())?;
+    let mut results = BTreeMap::new();
+    results.insert("out".to_string(), t.forward.out.into_dyn());
+    results.insert(
+        "final_states".to_string(),
+        t.forward.final_states.into_dyn(),
+    );
+    if let Some(g) = &t.gradients {
+        for (k, v) in gradient_tensors(g) {
+            results.insert(k.to_string(), v);
+        }
+    }
+    Ok(ProblemFile {
+        problem,
+        dout: Some(dout),
+        dfinal_states,
+        results,
+    })
+}
+
+/// The command.
+pub fn run(a: &ExportArgs, json: bool) -> Result<bool, CliError> {
+    let pf = build(a)?;
+    pf.write(&a.path)?;
+    let arrays = pf.to_arrays();
+    let mut o = String::new();
+    if json {
+        w!(
+            o,
+            "{}",
+            rows_json(arrays.iter().map(|(k, v)| {
+                let (dtype, shape) = match v {
+                    crate::npz::NpyOut::F64(x) => ("float64", x.shape().to_vec()),
+                    crate::npz::NpyOut::I32(x) => ("int32", x.shape().to_vec()),
+                    crate::npz::NpyOut::I64(x) => ("int64", x.shape().to_vec()),
+                    crate::npz::NpyOut::Bool(x) => ("bool", x.shape().to_vec()),
+                };
+                format!(
+                    "{{\"file\":{},\"key\":{},\"dtype\":\"{dtype}\",\"shape\":{:?}}}",
+                    json_str(&a.path.display().to_string()),
+                    json_str(k),
+                    shape
+                )
+            }))
+        );
+    } else {
+        w!(
+            o,
+            "wrote {}: {}",
+            a.path.display(),
+            super::check::describe(&pf.problem)
+        );
+        w!(
+            o,
+            "  keys: {}",
+            arrays.keys().cloned().collect::<Vec<_>>().join(" ")
+        );
+        if !pf.results.contains_key("dx") {
+            w!(
+                o,
+                "  (no gradients: ssd-reference has no float64 backward yet)"
+            );
+        }
+    }
+    super::emit(&o);
+    Ok(true)
+}
