@@ -1,6 +1,43 @@
 //! # ssd-cpu
 //!
-//! The CPU backend of the Mamba-2 SSD layer (f32, SIMD with `wide`, threads with rayon).
-//! Kernels arrive with the CPU issues; see DESIGN.md §5.
+//! The Mamba-2 SSD layer (state space duality) on the CPU, in f32: SIMD along the contiguous
+//! axis (`wide::f32x8`) and threads over independent (batch, chunk, head) tiles (rayon).
+//! The same kernels, names and semantics as the float64 truth in [`ssd_reference`]; see
+//! DESIGN.md §2 and `docs/kernels.md`.
+//!
+//! Per batch row and head, with state `H` (p, n):
+//! `H_t = exp(Δ_t A) H_{t−1} + Δ_t x_t ⊗ B_t`, `y_t = H_t C_t + D ⊙ x_t`, `out_t = y_t ⊙ silu(z_t)`.
+//!
+//! - The combined forward [`mamba_chunk_scan_combined`] (and [`mamba_chunk_scan_combined_into`]
+//!   with caller buffers and a reusable [`Workspace`]), composed of the five chunked kernels
+//!   [`chunk_cumsum`], [`chunk_state`], [`state_passing`], [`bmm_chunk`], [`chunk_scan`];
+//! - the decode step [`selective_state_update`] (state in place, slots, padding rows);
+//! - [`rmsnorm_gated`] and [`swiglu`].
+//!
+//! Inputs are ndarray views of any layout (the kernels copy non-contiguous ones once), outputs
+//! are owned arrays or caller buffers, every public function validates once and returns
+//! [`SsdError`] on malformed input, and parallelism is the explicit last argument [`Par`].
+//! Results are bit-identical run after run and for every [`Par`].
+//!
+//! Build for the machine (`RUSTFLAGS="-C target-cpu=native"`) where it has AVX-512; the
+//! workspace default is `x86-64-v3` (AVX2 + FMA), which `wide` needs to emit 256-bit FMA.
 
-pub use ssd_reference::SsdError;
+mod decode;
+mod forward;
+mod norm;
+mod par;
+mod simd;
+mod tile;
+
+pub use decode::{selective_state_update, selective_state_update_into};
+pub use forward::bmm_chunk::bmm_chunk;
+pub use forward::chunk_cumsum::chunk_cumsum;
+pub use forward::chunk_scan::chunk_scan;
+pub use forward::chunk_state::chunk_state;
+pub use forward::combined::{mamba_chunk_scan_combined, mamba_chunk_scan_combined_into, Workspace};
+pub use forward::state_passing::state_passing;
+pub use norm::{rmsnorm_gated, swiglu};
+pub use par::Par;
+pub use ssd_reference::{
+    DecodeInputs, DecodeOptions, Inputs, Options, Outputs, RmsNormOptions, SsdError,
+};

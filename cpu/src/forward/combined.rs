@@ -1,0 +1,229 @@
+//! The combined forward [mamba_chunk_scan_combined]: the five kernels composed in upstream's
+//! order, on the internal layouts, with every intermediate in a reusable [`Workspace`].
+//!
+//! `chunk_cumsum` (tiles (b, h)) → `bmm_chunk`, causal blocks only (tiles (b, c, g)) →
+//! `chunk_state` (tiles (b, c, h)) → `state_passing` in place (tiles (b, h)) → `chunk_scan`
+//! (tiles (b, c, h)) writing `out` directly.
+
+use super::bmm_chunk::bmm_chunk_core;
+use super::chunk_cumsum::chunk_cumsum_core;
+use super::chunk_scan::{chunk_scan_core, d_table, scan_tiles, ScanArgs};
+use super::chunk_state::{chunk_state_core, StateArgs};
+use super::state_passing::state_passing_core;
+use super::{ensure, flat, Geom, Seq};
+use crate::par::Par;
+use crate::SsdError;
+use ndarray::{Array4, ArrayViewMut4};
+use ssd_reference::validate::check_shape;
+use ssd_reference::{validate, Inputs, Options, Outputs};
+
+/// Intermediate buffers of the combined forward, kept between calls to avoid allocating (and
+/// first-touching) tens of MiB per call. Any workspace works for any problem; it grows as needed.
+///
+/// ```
+/// # use ndarray::{Array1, Array3, Array4};
+/// # use ssd_reference::{Inputs, Options};
+/// use ssd_cpu::{mamba_chunk_scan_combined_into, Par, Workspace};
+/// # let (b, l, h, p, g, n) = (1, 16, 2, 4, 1, 8);
+/// # let x = Array4::<f32>::ones((b, l, h, p));
+/// # let dt = Array3::<f32>::from_elem((b, l, h), 0.1);
+/// # let a = Array1::<f32>::from_elem(h, -1.0);
+/// # let bm = Array4::<f32>::from_elem((b, l, g, n), 0.2);
+/// # let inputs = Inputs { x: x.view(), dt: dt.view(), a: a.view(), b: bm.view(), c: bm.view(),
+/// #     d: None, z: None, dt_bias: None, initial_states: None, seq_idx: None };
+/// let mut ws = Workspace::new();
+/// let mut out = Array4::<f32>::zeros((b, l, h, p));
+/// let mut fin = Array4::<f32>::zeros((b, h, p, n));
+/// for _step in 0..3 {
+///     mamba_chunk_scan_combined_into(&inputs, &Options::with_chunk_size(8),
+///         out.view_mut(), fin.view_mut(), &mut ws, Par::Seq)?;
+/// }
+/// # Ok::<(), ssd_cpu::SsdError>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Workspace {
+    dt: Vec<f32>,
+    hi: Vec<f32>,
+    lo: Vec<f32>,
+    cb: Vec<f32>,
+    states: Vec<f32>,
+}
+
+impl Workspace {
+    /// An empty workspace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// The SSD forward of `mamba_chunk_scan_combined`: `out` (b, l, h, p) and `final_states`
+/// (b, h, p, n), by the chunked algorithm at `options.chunk_size`.
+///
+/// Validates once ([`ssd_reference::validate`]); every option of the reference is supported
+/// (groups, `D` (h) or (h, p), `z`, `dt_bias`, softplus, `dt_limit`, `initial_states`,
+/// `seq_idx`, any chunk size, a ragged last chunk).
+///
+/// ```
+/// use ndarray::{Array1, Array3, Array4};
+/// use ssd_cpu::{mamba_chunk_scan_combined, Par};
+/// use ssd_reference::{Inputs, Options};
+///
+/// let (b, l, h, p, g, n) = (2, 100, 4, 16, 1, 32);
+/// let x = Array4::<f32>::from_shape_fn((b, l, h, p), |(i, t, j, k)| ((i + 3 * t + 5 * j + 7 * k) % 11) as f32 / 11.0 - 0.5);
+/// let dt = Array3::<f32>::from_elem((b, l, h), 0.05);
+/// let a = Array1::<f32>::from_vec(vec![-1.0, -2.0, -4.0, -8.0]);
+/// let bm = Array4::<f32>::from_shape_fn((b, l, g, n), |(i, t, _, k)| ((i + t + 2 * k) % 7) as f32 / 35.0);
+/// let cm = Array4::<f32>::from_shape_fn((b, l, g, n), |(i, t, _, k)| ((2 * i + t + k) % 5) as f32 / 25.0);
+/// let inputs = Inputs {
+///     x: x.view(), dt: dt.view(), a: a.view(), b: bm.view(), c: cm.view(),
+///     d: None, z: None, dt_bias: None, initial_states: None, seq_idx: None,
+/// };
+/// let options = Options { chunk_size: 32, ..Options::default() };
+/// let res = mamba_chunk_scan_combined(&inputs, &options, Par::rayon(0))?;
+/// assert_eq!(res.out.dim(), (b, l, h, p));
+/// assert_eq!(res.final_states.dim(), (b, h, p, n));
+///
+/// // Bad input is an error, never a panic.
+/// let bad = Options { chunk_size: 0, ..options };
+/// assert!(mamba_chunk_scan_combined(&inputs, &bad, Par::Seq).is_err());
+/// # Ok::<(), ssd_cpu::SsdError>(())
+/// ```
+pub fn mamba_chunk_scan_combined(
+    inputs: &Inputs<'_, f32>,
+    options: &Options,
+    par: Par,
+) -> Result<Outputs<f32>, SsdError> {
+    let d = validate(inputs, options)?;
+    let mut out = Array4::<f32>::zeros((d.batch, d.seqlen, d.nheads, d.headdim));
+    let mut fin = Array4::<f32>::zeros((d.batch, d.nheads, d.headdim, d.dstate));
+    forward(
+        inputs,
+        options,
+        d,
+        out.view_mut(),
+        fin.as_slice_mut().expect("owned array is contiguous"),
+        &mut Workspace::new(),
+        par,
+    );
+    Ok(Outputs {
+        out,
+        final_states: fin,
+    })
+}
+
+/// [`mamba_chunk_scan_combined`] into caller buffers `out` (b, l, h, p) and `final_states`
+/// (b, h, p, n), with a reusable [`Workspace`]. Buffers of any layout are accepted (standard
+/// layout avoids a copy).
+pub fn mamba_chunk_scan_combined_into(
+    inputs: &Inputs<'_, f32>,
+    options: &Options,
+    mut out: ArrayViewMut4<'_, f32>,
+    mut final_states: ArrayViewMut4<'_, f32>,
+    workspace: &mut Workspace,
+    par: Par,
+) -> Result<(), SsdError> {
+    let d = validate(inputs, options)?;
+    check_shape(
+        "out",
+        &[d.batch, d.seqlen, d.nheads, d.headdim],
+        out.shape(),
+    )?;
+    check_shape(
+        "final_states",
+        &[d.batch, d.nheads, d.headdim, d.dstate],
+        final_states.shape(),
+    )?;
+    let mut fin_tmp = None;
+    let fin: &mut [f32] = match final_states.as_slice_mut() {
+        Some(s) => s,
+        None => fin_tmp.insert(vec![0.0f32; final_states.len()]),
+    };
+    if out.is_standard_layout() {
+        forward(inputs, options, d, out.view_mut(), fin, workspace, par);
+    } else {
+        let mut tmp = Array4::<f32>::zeros(out.raw_dim());
+        forward(inputs, options, d, tmp.view_mut(), fin, workspace, par);
+        out.assign(&tmp);
+    }
+    if let Some(f) = fin_tmp {
+        let shape = final_states.raw_dim();
+        final_states.assign(&ndarray::ArrayView4::from_shape(shape, &f).expect("same size"));
+    }
+    Ok(())
+}
+
+/// The forward on validated inputs; `out` is in standard layout.
+fn forward(
+    inputs: &Inputs<'_, f32>,
+    options: &Options,
+    dims: ssd_reference::Dims,
+    out: ArrayViewMut4<'_, f32>,
+    final_states: &mut [f32],
+    ws: &mut Workspace,
+    par: Par,
+) {
+    let g = Geom::new(dims, options.chunk_size);
+    let x = flat(&inputs.x);
+    let dt_in = flat(&inputs.dt);
+    let a = flat(&inputs.a);
+    let bm = flat(&inputs.b);
+    let cm = flat(&inputs.c);
+    let bias = inputs.dt_bias.as_ref().map(flat);
+    let z = inputs.z.as_ref().map(flat);
+    let init = inputs.initial_states.as_ref().map(flat);
+    let ids = inputs.seq_idx.as_ref().map(flat);
+    let dtab = inputs.d.as_ref().map(|d| d_table(d, g.nh, g.np, g.pp));
+    let seq = Seq {
+        ids: ids.as_deref(),
+        l: g.l,
+        q: g.q,
+    };
+    let nbhcq = g.nb * g.nh * g.nc * g.q;
+    let Workspace {
+        dt,
+        hi,
+        lo,
+        cb,
+        states,
+    } = ws;
+    let dt = ensure(dt, nbhcq);
+    let hi = ensure(hi, nbhcq);
+    let lo = ensure(lo, nbhcq);
+    chunk_cumsum_core(&g, &dt_in, &a, bias.as_deref(), options, dt, hi, lo, par);
+    let cb = ensure(cb, g.nb * g.nc * g.ng * g.q * g.qp);
+    bmm_chunk_core(&g, &cm, &bm, seq, true, cb, par);
+    let states = ensure(states, g.nb * g.nc * g.nh * g.slab());
+    let sargs = StateArgs {
+        x: &x,
+        b: &bm,
+        dt,
+        hi,
+        lo: Some(lo),
+        seq,
+    };
+    chunk_state_core(&g, &sargs, states, par);
+    state_passing_core(
+        &g,
+        states,
+        hi,
+        Some(lo),
+        init.as_deref(),
+        seq,
+        final_states,
+        par,
+    );
+    let args = ScanArgs {
+        cb,
+        x: &x,
+        dt,
+        hi,
+        lo: Some(lo),
+        c: &cm,
+        prev: states,
+        d: dtab.as_deref(),
+        z: z.as_deref(),
+        seq,
+    };
+    let tiles = scan_tiles(&g, out, None);
+    chunk_scan_core(&g, &args, tiles, par);
+}

@@ -1,0 +1,82 @@
+//! Shared SIMD helpers: `f32x8` loads and stores on slices (full and partial), the vector
+//! `exp` and `silu`, and scalar dt processing. Every kernel pads its contiguous axis to a
+//! multiple of [`W`] so that the same lanes are computed the same way in every call.
+
+use wide::{f32x8, CmpLe};
+
+/// Lanes of one vector.
+pub(crate) const W: usize = 8;
+/// The vector type.
+pub(crate) type V = f32x8;
+
+/// `x` rounded up to a multiple of [`W`].
+pub(crate) fn pad(x: usize) -> usize {
+    x.div_ceil(W) * W
+}
+
+/// Loads `s[0..8]`.
+#[inline(always)]
+pub(crate) fn load(s: &[f32]) -> V {
+    let a: [f32; W] = s[..W].try_into().unwrap();
+    V::from(a)
+}
+
+/// Stores into `s[0..8]`.
+#[inline(always)]
+pub(crate) fn store(s: &mut [f32], v: V) {
+    s[..W].copy_from_slice(&v.to_array());
+}
+
+/// Loads the first `min(8, s.len())` elements, zero elsewhere.
+#[inline(always)]
+pub(crate) fn load_partial(s: &[f32]) -> V {
+    if s.len() >= W {
+        return load(s);
+    }
+    let mut a = [0.0f32; W];
+    a[..s.len()].copy_from_slice(s);
+    V::from(a)
+}
+
+/// Stores the first `min(8, s.len())` lanes.
+#[inline(always)]
+pub(crate) fn store_partial(s: &mut [f32], v: V) {
+    if s.len() >= W {
+        return store(s, v);
+    }
+    let n = s.len();
+    s.copy_from_slice(&v.to_array()[..n]);
+}
+
+/// `(0, 1, …, 7)` as floats.
+#[inline(always)]
+pub(crate) fn iota() -> V {
+    V::from([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+}
+
+/// Lanes `i` with `start + i <= last` keep `v`, the others become 0.
+#[inline(always)]
+pub(crate) fn mask_le(v: V, start: usize, last: usize) -> V {
+    let idx = iota() + V::splat(start as f32);
+    idx.cmp_le(V::splat(last as f32)).blend(v, V::ZERO)
+}
+
+/// `exp(x)` for `x ≤ 0` (≈ 1 ulp; 0 below −87.3).
+#[inline(always)]
+pub(crate) fn exp_nonpos(x: V) -> V {
+    x.exp()
+}
+
+/// `silu(v) = v / (1 + e^{−v})`; the exponent is capped at 87 (where `e^{87}` is still finite)
+/// so that very negative `v` give ≈ −0 instead of `wide`'s out-of-range 0 for `e^{−v}`.
+#[inline(always)]
+pub(crate) fn silu(v: V) -> V {
+    let e = (-v).fast_min(V::splat(87.0)).exp();
+    v / (V::ONE + e)
+}
+
+/// Processed Δ in f64 (the reference's `process_dt`) from f32 inputs.
+#[inline]
+pub(crate) fn process_dt(dt: f32, bias: f32, softplus: bool, limit: (f64, f64)) -> f64 {
+    ssd_reference::process_dt(dt as f64, bias as f64, softplus, limit)
+}

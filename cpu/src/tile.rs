@@ -1,0 +1,106 @@
+//! Register-blocked small matrix products, the shape every matmul-like step of the SSD takes:
+//! `acc[r][v] += Σ_k A[r, k] · B[k, 8v..8v+8]` for a tile of `R ≤ 6` rows and `NV ≤ 2` vectors
+//! of 8 columns (at most 12 accumulators: AVX2 has 16 vector registers). `B` is row-major with
+//! its columns padded to a multiple of 8; `A` is given either by rows ([`fma_rows`]) or
+//! column-major ([`fma_cols`]). The k-loop runs in one fixed order, so the result never depends
+//! on how tiles are spread over threads.
+
+use crate::simd::{load, V, W};
+
+/// Rows of the main tile.
+pub(crate) const MR: usize = 6;
+
+/// `acc[r][v] += Σ_{kk<k} a_rows[r][kk] · b[kk·ldb + 8v ..]`.
+#[inline(always)]
+pub(crate) fn fma_rows<const R: usize, const NV: usize>(
+    acc: &mut [[V; NV]; R],
+    a_rows: [&[f32]; R],
+    b: &[f32],
+    ldb: usize,
+    k: usize,
+) {
+    if k == 0 {
+        return;
+    }
+    let a_rows = a_rows.map(|row| &row[..k]);
+    let b = &b[..(k - 1) * ldb + NV * W];
+    for kk in 0..k {
+        let brow = &b[kk * ldb..];
+        let mut bv = [V::ZERO; NV];
+        for v in 0..NV {
+            bv[v] = load(&brow[v * W..]);
+        }
+        for r in 0..R {
+            let av = V::splat(a_rows[r][kk]);
+            for v in 0..NV {
+                acc[r][v] = av.mul_add(bv[v], acc[r][v]);
+            }
+        }
+    }
+}
+
+/// `acc[r][v] += Σ_{kk<k} a[kk·ks + r] · b[kk·ldb + 8v ..]` (A column-major with stride `ks`).
+#[inline(always)]
+pub(crate) fn fma_cols<const R: usize, const NV: usize>(
+    acc: &mut [[V; NV]; R],
+    a: &[f32],
+    ks: usize,
+    b: &[f32],
+    ldb: usize,
+    k: usize,
+) {
+    if k == 0 {
+        return;
+    }
+    let a = &a[..(k - 1) * ks + R];
+    let b = &b[..(k - 1) * ldb + NV * W];
+    for kk in 0..k {
+        let brow = &b[kk * ldb..];
+        let acol: &[f32; R] = a[kk * ks..kk * ks + R].try_into().unwrap();
+        let mut bv = [V::ZERO; NV];
+        for v in 0..NV {
+            bv[v] = load(&brow[v * W..]);
+        }
+        for r in 0..R {
+            let av = V::splat(acol[r]);
+            for v in 0..NV {
+                acc[r][v] = av.mul_add(bv[v], acc[r][v]);
+            }
+        }
+    }
+}
+
+/// One register tile of a blocked product: rows `r0..r0+R`, vectors `v0..v0+NV`.
+pub(crate) trait TileOp {
+    fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize);
+}
+
+/// Covers `rows × nvec` vectors with tiles of [`MR`] × 2 (and smaller ones at the edges),
+/// row blocks outermost.
+pub(crate) fn for_tiles<T: TileOp>(op: &mut T, rows: usize, nvec: usize) {
+    let mut r0 = 0;
+    while r0 + MR <= rows {
+        cols::<T, MR>(op, r0, nvec);
+        r0 += MR;
+    }
+    match rows - r0 {
+        1 => cols::<T, 1>(op, r0, nvec),
+        2 => cols::<T, 2>(op, r0, nvec),
+        3 => cols::<T, 3>(op, r0, nvec),
+        4 => cols::<T, 4>(op, r0, nvec),
+        5 => cols::<T, 5>(op, r0, nvec),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn cols<T: TileOp, const R: usize>(op: &mut T, r0: usize, nvec: usize) {
+    let mut v0 = 0;
+    while v0 + 2 <= nvec {
+        op.tile::<R, 2>(r0, v0);
+        v0 += 2;
+    }
+    if v0 < nvec {
+        op.tile::<R, 1>(r0, v0);
+    }
+}
