@@ -218,7 +218,9 @@ fn dict_value<'h>(header: &'h str, key: &str) -> Option<&'h str> {
 pub fn read_npz_from<R: Read + Seek>(reader: R) -> Result<BTreeMap<String, NpyArray>, SsdError> {
     let mut zip = zip::ZipArchive::new(reader).map_err(|e| SsdError::Npz {
         key: None,
-        message: format!("not a readable .npz (zip) file: {e}"),
+        message: format!(
+            "not a readable .npz file (corrupt, truncated, or not a zip archive): {e}"
+        ),
     })?;
     let mut out = BTreeMap::new();
     for i in 0..zip.len() {

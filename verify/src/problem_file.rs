@@ -130,15 +130,52 @@ fn scalar_int(map: &BTreeMap<String, NpyArray>, key: &str) -> Result<Option<i64>
     }
 }
 
+/// The known key closest to a misnamed one (same letters ignoring case and `_`, or at most two
+/// edits away), to suggest in the error.
+fn closest_key(k: &str) -> Option<&'static str> {
+    let norm = |s: &str| s.to_ascii_lowercase().replace('_', "");
+    if let Some(c) = KNOWN_KEYS.iter().find(|c| norm(c) == norm(k)) {
+        return Some(c);
+    }
+    let dist = |a: &str, b: &str| {
+        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for i in 1..=a.len() {
+            let mut prev = row[0];
+            row[0] = i;
+            for j in 1..=b.len() {
+                let cur = row[j];
+                row[j] = (row[j] + 1)
+                    .min(row[j - 1] + 1)
+                    .min(prev + usize::from(a[i - 1] != b[j - 1]));
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    KNOWN_KEYS
+        .iter()
+        .map(|c| (dist(c, k), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, c)| c)
+}
+
 impl ProblemFile {
     /// Builds the problem from arrays read by [`crate::npz::read_npz`]. Unknown keys are an
     /// error (a misspelt key would otherwise silently switch an option off).
     pub fn from_arrays(map: &BTreeMap<String, NpyArray>) -> Result<Self, SsdError> {
         for k in map.keys() {
             if !KNOWN_KEYS.contains(&k.as_str()) {
+                let hint = closest_key(k)
+                    .map(|c| format!(" (did you mean `{c}`?)"))
+                    .unwrap_or_default();
                 return Err(npz_err(
                     k,
-                    format!("unknown key; expected some of: {}", KNOWN_KEYS.join(" ")),
+                    format!(
+                        "unknown key{hint}; expected some of: {}",
+                        KNOWN_KEYS.join(" ")
+                    ),
                 ));
             }
         }

@@ -24,7 +24,7 @@ pub mod check;
 pub mod export;
 pub mod progress;
 
-use crate::backends::{available_backends, BackendKind};
+use crate::backends::{backend_status, BackendKind};
 use crate::matrix::{default_specs, report, run_matrix};
 use progress::Progress;
 use ssd_reference::SsdError;
@@ -234,7 +234,14 @@ pub fn main_with(args: &[String]) -> u8 {
 }
 
 fn matrix(json: bool) -> Result<bool, CliError> {
-    let backends = available_backends();
+    let mut backends = Vec::new();
+    let mut absent = Vec::new();
+    for (kind, b) in backend_status() {
+        match b {
+            Ok(b) => backends.push(b),
+            Err(e) => absent.push(format!("{} ({e})", kind.name())),
+        }
+    }
     let specs = default_specs();
     let mut progress = Progress::new("matrix");
     let rows = run_matrix(&specs, &backends, &mut |done, total, what| {
@@ -261,6 +268,9 @@ fn matrix(json: bool) -> Result<bool, CliError> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !absent.is_empty() {
+        w!(o, "not available here: {}", absent.join("; "));
+    }
     for cs in &specs {
         w!(o, "  {}: {}", cs.label, cs.describe());
     }

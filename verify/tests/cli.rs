@@ -1,0 +1,454 @@
+//! The `ssd-verify` command as a subprocess: the matrix, export → check round trips, a file
+//! with a perturbed result (failing, naming the tensor), and malformed files (exit status 2
+//! with a message naming the problem).
+
+use ssd_verify::npz::{read_npz, write_npz, NpyArray, NpyOut};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ssd-verify");
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ssd-verify-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("runs ssd-verify")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn export(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let mut args = vec!["export", "--shape", "2,45,4,4,2,8", "--chunk", "16"];
+    args.extend_from_slice(extra);
+    let p = path.to_str().unwrap().to_string();
+    args.push(&p);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "export failed: {}", stderr(&o));
+    path
+}
+
+/// The arrays of an `.npz` as arrays to write back (floats as f8, integers as i8).
+fn arrays(path: &Path) -> BTreeMap<String, NpyOut> {
+    read_npz(path)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                NpyArray::Float(a) => NpyOut::F64(a),
+                NpyArray::Int(a) => NpyOut::I64(a),
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+fn float(m: &BTreeMap<String, NpyOut>, key: &str) -> ndarray::ArrayD<f64> {
+    match &m[key] {
+        NpyOut::F64(a) => a.clone(),
+        _ => panic!("{key} is not a float array"),
+    }
+}
+
+/// Runs `check` on `path` and returns (exit status, stdout, stderr).
+fn check(path: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut args = vec!["check", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    (o.status.code(), stdout(&o), stderr(&o))
+}
+
+/// A malformed file: status 2, and stderr names `needle`.
+fn assert_clear_error(path: &Path, needles: &[&str]) {
+    let (code, out, err) = check(path, &[]);
+    assert_eq!(code, Some(2), "stdout: {out}\nstderr: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr does not name `{n}`: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    eprintln!("{}: {}", path.display(), err.trim());
+}
+
+#[test]
+fn matrix_passes_and_covers_every_kernel() {
+    let o = run(&["--json"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let text = out.trim();
+    assert!(text.starts_with('[') && text.ends_with(']'), "{text}");
+    for k in ssd_reference::Kernel::ALL {
+        assert!(
+            out.contains(&format!("\"kernel\":\"{}\"", k.name())),
+            "no row for {k}"
+        );
+    }
+    for tensor in [
+        "dx",
+        "ddt",
+        "dA",
+        "dB",
+        "dC",
+        "dD",
+        "dz",
+        "ddt_bias",
+        "dinitial_states",
+    ] {
+        assert!(
+            out.contains(&format!(
+                "\"kernel\":\"mamba_chunk_scan_combined_bwd\",\"backend\":\"reference\",\"tensor\":\"{tensor}\""
+            )),
+            "no gradient row for {tensor}"
+        );
+    }
+    assert!(!out.contains("\"pass\":false"));
+    // the table form agrees
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("ALL PASS"));
+}
+
+#[test]
+fn export_then_check_round_trip_passes() {
+    let dir = scratch("round-trip");
+    for (name, opts) in [
+        ("plain.npz", "none"),
+        ("all.npz", "all"),
+        ("some.npz", "D_head,z,seq_idx,dfinal_states"),
+    ] {
+        let path = export(&dir, name, &["--options", opts, "--seed", "3"]);
+        let (code, out, err) = check(&path, &[]);
+        assert_eq!(code, Some(0), "{name}: {out}\n{err}");
+        assert!(out.contains("PASS: every result"), "{out}");
+        let (code, out, _) = check(&path, &["--json", "--backend", "reference"]);
+        assert_eq!(code, Some(0));
+        assert!(out.contains("\"backend\":\"file\",\"tensor\":\"out\""));
+        assert!(out.contains("\"backend\":\"reference\",\"tensor\":\"dx\""));
+        assert!(!out.contains("\"pass\":false"), "{out}");
+    }
+    // every gradient was exported for the all-options problem
+    let m = arrays(&dir.join("all.npz"));
+    for k in ssd_verify::problem_file::RESULT_KEYS {
+        assert!(m.contains_key(k), "export lacks {k}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn perturbed_result_fails_naming_the_tensor() {
+    let dir = scratch("perturbed");
+    let path = export(&dir, "p.npz", &["--options", "all"]);
+    for key in ["dB", "final_states", "dA"] {
+        let mut m = arrays(&path);
+        let mut a = float(&m, key);
+        // 1e-3 relative: far above the f32 thresholds, far below anything gross
+        a.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v *= 1.0 + if i % 2 == 0 { 1e-3 } else { -1e-3 });
+        m.insert(key.to_string(), NpyOut::F64(a));
+        let bad = dir.join(format!("bad-{key}.npz"));
+        write_npz(&bad, &m).unwrap();
+        let (code, out, err) = check(&bad, &[]);
+        assert_eq!(code, Some(1), "{key}: {out}\n{err}");
+        let fail_line = out
+            .lines()
+            .find(|l| l.starts_with("FAIL: the file's"))
+            .unwrap_or_else(|| panic!("no FAIL line: {out}"));
+        assert!(fail_line.contains(key), "{fail_line}");
+        let (code, json, _) = check(&bad, &["--json"]);
+        assert_eq!(code, Some(1));
+        let failing: Vec<&str> = json
+            .lines()
+            .filter(|l| l.contains("\"pass\":false"))
+            .collect();
+        assert_eq!(failing.len(), 1, "{json}");
+        assert!(
+            failing[0].contains(&format!("\"backend\":\"file\",\"tensor\":\"{key}\"")),
+            "{json}"
+        );
+        // a loose enough --rtol accepts it
+        let (code, _, _) = check(&bad, &["--rtol", "1e-2"]);
+        assert_eq!(code, Some(0), "{key} with --rtol 1e-2");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn results_rounded_to_f32_pass_the_default_thresholds() {
+    // f32 rounding of every result (≈ 6e-8 relative) is what an exact f32 implementation
+    // cannot avoid; the default thresholds must accept it.
+    let dir = scratch("f32");
+    let path = export(&dir, "a.npz", &["--options", "all"]);
+    let mut m = arrays(&path);
+    for k in ssd_verify::problem_file::RESULT_KEYS {
+        let a = float(&m, k).mapv(|v| v as f32 as f64);
+        m.insert(k.to_string(), NpyOut::F64(a));
+    }
+    let p = dir.join("rounded.npz");
+    write_npz(&p, &m).unwrap();
+    let (code, out, err) = check(&p, &[]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes a file with `edit` applied to the arrays of a fresh export.
+fn edited(dir: &Path, name: &str, edit: impl FnOnce(&mut BTreeMap<String, NpyOut>)) -> PathBuf {
+    let src = export(dir, &format!("src-{name}"), &["--options", "all"]);
+    let mut m = arrays(&src);
+    edit(&mut m);
+    let p = dir.join(name);
+    write_npz(&p, &m).unwrap();
+    p
+}
+
+#[test]
+fn missing_key_is_a_clear_error() {
+    let dir = scratch("missing");
+    let p = edited(&dir, "no-x.npz", |m| {
+        m.remove("x");
+    });
+    assert_clear_error(&p, &["`x`", "missing"]);
+    let p = edited(&dir, "no-dout.npz", |m| {
+        m.remove("dout");
+    });
+    assert_clear_error(&p, &["`dout`"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn misnamed_key_is_a_clear_error() {
+    let dir = scratch("misnamed");
+    let p = edited(&dir, "misnamed.npz", |m| {
+        let v = m.remove("dt_bias").unwrap();
+        m.insert("dtbias".into(), v);
+    });
+    assert_clear_error(&p, &["`dtbias`", "unknown key", "did you mean `dt_bias`"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wrong_shape_is_a_clear_error() {
+    let dir = scratch("shape");
+    // an input whose sequence length disagrees with x
+    let p = edited(&dir, "short-b.npz", |m| {
+        let b = float(m, "B");
+        let short = b.slice_axis(ndarray::Axis(1), (0..10).into()).to_owned();
+        m.insert("B".into(), NpyOut::F64(short));
+    });
+    assert_clear_error(&p, &["`B`", "shape"]);
+    // a result of the wrong shape
+    let p = edited(&dir, "flat-out.npz", |m| {
+        let o = float(m, "out");
+        let n = o.len();
+        m.insert(
+            "out".into(),
+            NpyOut::F64(o.into_shape_with_order(ndarray::IxDyn(&[n])).unwrap()),
+        );
+    });
+    assert_clear_error(&p, &["`out`", "shape"]);
+    // a tensor with the wrong number of dimensions
+    let p = edited(&dir, "x3.npz", |m| {
+        let x = float(m, "x");
+        let s = x.shape().to_vec();
+        m.insert(
+            "x".into(),
+            NpyOut::F64(
+                x.into_shape_with_order(ndarray::IxDyn(&[s[0], s[1], s[2] * s[3]]))
+                    .unwrap(),
+            ),
+        );
+    });
+    assert_clear_error(&p, &["`x`", "dimensions"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `.npy` payload with a hand-written header and raw little-endian data.
+fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape_txt = match shape.len() {
+        0 => "()".to_string(),
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Writes `arrays` plus raw `.npy` entries as an `.npz`.
+fn npz_with_raw(path: &Path, arrays: &BTreeMap<String, NpyOut>, raw: &[(&str, Vec<u8>)]) {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    ssd_verify::npz::write_npz_to(&mut buf, arrays).unwrap();
+    let mut zip = zip::ZipWriter::new_append(std::io::Cursor::new(buf.into_inner())).unwrap();
+    for (k, bytes) in raw {
+        zip.start_file(format!("{k}.npy"), zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    let cur = zip.finish().unwrap();
+    std::fs::write(path, cur.into_inner()).unwrap();
+}
+
+#[test]
+fn wrong_dtype_is_a_clear_error() {
+    let dir = scratch("dtype");
+    // integers where floats belong
+    let p = edited(&dir, "int-x.npz", |m| {
+        let x = float(m, "x").mapv(|v| v.round() as i64);
+        m.insert("x".into(), NpyOut::I64(x));
+    });
+    assert_clear_error(&p, &["`x`", "float"]);
+    // floats where integers belong
+    let p = edited(&dir, "float-seq.npz", |m| {
+        let s = match &m["seq_idx"] {
+            NpyOut::I32(a) => a.mapv(f64::from),
+            NpyOut::I64(a) => a.mapv(|v| v as f64),
+            _ => panic!(),
+        };
+        m.insert("seq_idx".into(), NpyOut::F64(s));
+    });
+    assert_clear_error(&p, &["`seq_idx`", "integers"]);
+    // a dtype NumPy writes that is no number we read (complex)
+    let src = export(&dir, "src-complex.npz", &[]);
+    let mut m = arrays(&src);
+    let a = float(&m, "A");
+    m.remove("A");
+    let mut data = Vec::new();
+    for v in a.iter() {
+        data.extend_from_slice(&v.to_le_bytes());
+        data.extend_from_slice(&0f64.to_le_bytes());
+    }
+    let p = dir.join("complex-a.npz");
+    npz_with_raw(&p, &m, &[("A", npy("<c16", a.shape(), &data))]);
+    assert_clear_error(&p, &["`A`", "unsupported dtype"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn narrow_floats_are_upcast() {
+    // inputs and results as f4, f2 and bf16, as NumPy / ml_dtypes write them: read, upcast,
+    // and judged against the truth of the upcast inputs.
+    let dir = scratch("narrow");
+    let src = export(&dir, "src.npz", &["--options", "all"]);
+    let mut m = arrays(&src);
+    let x = float(&m, "x");
+    let out = float(&m, "out");
+    let a = float(&m, "A");
+    m.remove("x");
+    m.remove("A");
+    m.remove("out");
+    let f4: Vec<u8> = x.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
+    let out4: Vec<u8> = out.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
+    // A as bfloat16 (upper half of the f32 bits) and as f16 in a second file
+    let bf: Vec<u8> = a
+        .iter()
+        .flat_map(|v| (((*v as f32).to_bits() >> 16) as u16).to_le_bytes())
+        .collect();
+    let p = dir.join("narrow.npz");
+    npz_with_raw(
+        &p,
+        &m,
+        &[
+            ("x", npy("<f4", x.shape(), &f4)),
+            ("A", npy("bfloat16", a.shape(), &bf)),
+            ("out", npy("<f4", out.shape(), &out4)),
+        ],
+    );
+    let (code, stdout, err) = check(&p, &["--backend", "reference", "--json"]);
+    // x and A changed by their rounding, so the file's f64 gradients (computed for the unrounded
+    // inputs) may fail, but the file must be read and judged: status 0 or 1, never 2.
+    assert!(matches!(code, Some(0) | Some(1)), "{stdout}\n{err}");
+    assert!(stdout.contains("\"backend\":\"file\",\"tensor\":\"out\""));
+    // -2.5 as f16 is 0xC100
+    let p2 = dir.join("f16.npz");
+    let mut m2 = arrays(&src);
+    let a = float(&m2, "A");
+    m2.remove("A");
+    let h: Vec<u8> = a.iter().flat_map(|_| 0xC100u16.to_le_bytes()).collect();
+    npz_with_raw(&p2, &m2, &[("A", npy("<f2", a.shape(), &h))]);
+    let (code, stdout, err) = check(&p2, &["--json"]);
+    assert!(matches!(code, Some(0) | Some(1)), "{stdout}\n{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn truncated_or_corrupt_file_is_a_clear_error() {
+    let dir = scratch("truncated");
+    let src = export(&dir, "src.npz", &["--options", "all"]);
+    let bytes = std::fs::read(&src).unwrap();
+    for frac in [2, 3] {
+        let p = dir.join(format!("cut-{frac}.npz"));
+        std::fs::write(&p, &bytes[..bytes.len() * (frac - 1) / frac]).unwrap();
+        assert_clear_error(&p, &["npz"]);
+    }
+    // a .npy entry whose data stops early (stored, uncompressed, inside a valid zip)
+    let mut m = arrays(&src);
+    let x = float(&m, "x");
+    m.remove("x");
+    let data: Vec<u8> = x
+        .iter()
+        .take(x.len() / 2)
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let p = dir.join("short-x.npz");
+    npz_with_raw(&p, &m, &[("x", npy("<f8", x.shape(), &data))]);
+    assert_clear_error(&p, &["`x`", "truncated"]);
+    // not a zip at all
+    let p = dir.join("garbage.npz");
+    std::fs::write(&p, b"this is not an npz file").unwrap();
+    assert_clear_error(&p, &["npz"]);
+    // no such file
+    assert_clear_error(&dir.join("absent.npz"), &["absent.npz"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["frobnicate"][..],
+        &["check"][..],
+        &["check", "a.npz", "--backend", "tpu"][..],
+        &["check", "a.npz", "--rtol", "x"][..],
+        &["export"][..],
+        &["export", "--shape", "1,2,3", "a.npz"][..],
+        &["export", "--options", "bogus", "a.npz"][..],
+        &["export", "--shape", "1,8,3,4,2,4", "a.npz"][..],
+        &["bench"][..],
+        &["bench", "tpu"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("usage"), "{args:?}: {}", stderr(&o));
+    }
+    let o = run(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("ssd-verify check FILE.npz"));
+}
