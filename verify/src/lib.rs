@@ -7,6 +7,7 @@
 pub mod backends;
 pub mod bench;
 pub mod cli;
+pub mod fd;
 pub mod gen;
 pub mod matrix;
 pub mod npz;
