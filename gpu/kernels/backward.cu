@@ -321,11 +321,13 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_dbc_kernel(
 
 // Per (b, h, c): v_k = Σ_parts part[(b,h,c), part, k] (fixed order), then
 // mode 0: out = v; mode 1: out_k = Σ_{s<k} v_s (exclusive prefix, ddA_next);
-// mode 2: out_k = Σ_{s≥k} v_s (reverse inclusive cumsum).
+// mode 2: out_k = Σ_{s≥k} v_s (reverse inclusive cumsum). Positions past the sequence are 0.
 extern "C" __global__ void __launch_bounds__(NT) reduce_parts_kernel(
-    const float* __restrict__ part, float* __restrict__ out, i64 nparts, i64 q, int mode) {
+    const float* __restrict__ part, float* __restrict__ out, i64 nparts, i64 q, int mode, i64 l,
+    i64 nc) {
     __shared__ float red[32];
     const i64 bhc = blockIdx.x;
+    const i64 len = min(q, l - (bhc % nc) * q);  // padded positions stay 0
     const float* pb = part + bhc * nparts * q;
     float* ob = out + bhc * q;
     float carry = 0.0f;
@@ -343,7 +345,7 @@ extern "C" __global__ void __launch_bounds__(NT) reduce_parts_kernel(
         }
         float total;
         const float incl = block_inclusive_scan(v, red, total);
-        if (valid) ob[k] = carry + (mode == 1 ? incl - v : incl);
+        if (valid) ob[k] = k < len ? carry + (mode == 1 ? incl - v : incl) : 0.0f;
         carry += total;
     }
 }
@@ -636,7 +638,7 @@ extern "C" __global__ void __launch_bounds__(NT) assemble_dda_kernel(
         if (k < q) {
             const i64 o = bhc * q + k;
             adj_intra[o] = in;
-            adj_next[o] = carry + (incl - u);
+            adj_next[o] = k < len ? carry + (incl - u) : 0.0f;
             adj_chunk[o] = k < len ? chunk : 0.0f;
         }
         carry += total;

@@ -203,3 +203,19 @@ extern "C" __global__ void fill_hash_kernel(float* out, i64 n, unsigned long lon
         out[i] = u * scale;
     }
 }
+
+// f32 FMA throughput probe (the compute ceiling of the benchmark): 8 independent chains per
+// thread, `iters` rounds of 8 FMAs each; the result is written so nothing is optimised away.
+extern "C" __global__ void __launch_bounds__(NT) fma_peak_kernel(float* out, i64 iters, float s) {
+    float a[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a[k] = (float)(threadIdx.x + k) * 1e-3f;
+    for (i64 it = 0; it < iters; ++it) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) a[k] = fmaf(a[k], s, 0.5f);
+    }
+    float r = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) r += a[k];
+    out[(i64)blockIdx.x * blockDim.x + threadIdx.x] = r;
+}

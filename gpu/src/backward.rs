@@ -69,6 +69,7 @@ impl Gpu {
         part: &DeviceArray3,
         dims: (usize, usize, usize, usize),
         mode: i32,
+        seqlen: usize,
     ) -> Result<DeviceArray4, SsdError> {
         let (nb, nh, nc, q) = dims;
         let (_, nparts, _) = part.dim();
@@ -77,7 +78,15 @@ impl Gpu {
             "reduce_parts_kernel",
             (nb * nh * nc) as u64,
             NT,
-            &[part.arg(), out.arg(), i(nparts), i(q), Arg::I32(mode)],
+            &[
+                part.arg(),
+                out.arg(),
+                i(nparts),
+                i(q),
+                Arg::I32(mode),
+                i(seqlen),
+                i(nc),
+            ],
         )?;
         Ok(out)
     }
@@ -388,7 +397,7 @@ impl Gpu {
             &db,
             false,
         )?;
-        let next = self.reduce_parts(&part, (nb, nh, nc, q), 1)?;
+        let next = self.reduce_parts(&part, (nb, nh, nc, q), 1, l)?;
         Ok((db, next))
     }
 
@@ -421,7 +430,7 @@ impl Gpu {
             &dc,
             false,
         )?;
-        let v = self.reduce_parts(&part, (nb, nh, nc, q), 0)?;
+        let v = self.reduce_parts(&part, (nb, nh, nc, q), 0, l)?;
         Ok((dc, v))
     }
 
@@ -581,7 +590,7 @@ impl Gpu {
         check_groups(nh, ng)?;
         check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
         let part = self.ddacs_parts(x_blhp, dt_bhcq, dacs_bhcq, dy_blhp, cb_bcgqq)?;
-        self.reduce_parts(&part, (nb, nh, nc, q), 0)
+        self.reduce_parts(&part, (nb, nh, nc, q), 0, l)
     }
 
     /// `chunk_cumsum_bwd`: `(ddt_blh, da_h, ddt_bias_h?)` from the total `ddA` (w.r.t. each

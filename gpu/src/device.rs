@@ -14,6 +14,7 @@ use cudarc::driver::{
 use ndarray::{Array, ArrayBase, Data, Dimension};
 use ssd_reference::SsdError;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The CUDA C sources, in the order they are concatenated into one NVRTC program.
@@ -26,8 +27,9 @@ pub(crate) const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every `extern "C"` kernel of [`SOURCES`].
-pub(crate) const KERNELS: [&str; 26] = [
+pub(crate) const KERNELS: [&str; 27] = [
     "fill_f32_kernel",
+    "fma_peak_kernel",
     "fill_hash_kernel",
     "chunk_cumsum_kernel",
     "chunk_state_kernel",
@@ -78,7 +80,7 @@ struct Device {
     name: String,
     compute_capability: (i32, i32),
     kernels: OnceLock<Result<Kernels, SsdError>>,
-    poison: bool,
+    poison: AtomicBool,
 }
 
 impl std::fmt::Debug for Device {
@@ -203,13 +205,20 @@ impl Gpu {
             name,
             compute_capability,
             kernels: OnceLock::new(),
-            poison,
+            poison: AtomicBool::new(poison),
         });
         devices.push((ordinal, dev.clone()));
         Ok(Gpu {
             dev,
             stream: default_stream,
         })
+    }
+
+    /// Fill every output buffer the kernels allocate with NaN before they write it (a test
+    /// aid: an element a kernel forgets to write then shows as NaN). Applies to every handle of
+    /// this device; also switched on by the environment variable `SSD_GPU_POISON=1`.
+    pub fn set_poison(&self, on: bool) {
+        self.dev.poison.store(on, Ordering::Relaxed);
     }
 
     /// A handle on the same device with a new stream of its own.
@@ -371,7 +380,7 @@ impl Gpu {
         let buf: CudaSlice<f32> = unsafe { self.stream.alloc(len.max(1)) }
             .map_err(|e| cuda_err("allocating device memory", e))?;
         let arr = DeviceArray::from_parts(buf, dim);
-        if self.dev.poison {
+        if self.dev.poison.load(Ordering::Relaxed) {
             self.fill(&arr, f32::NAN)?;
         }
         Ok(arr)
@@ -476,6 +485,34 @@ impl Gpu {
             .map_err(|e| cuda_err("downloading", e))?;
         self.synchronize()?;
         Ok(out)
+    }
+
+    /// Measured f32 FMA throughput of the device, GFLOP/s (2 FLOPs per FMA): a kernel of
+    /// independent FMA chains on every SM, timed with events (median of `reps`).
+    pub fn fma_peak_gflops(&self, reps: usize) -> Result<f64, SsdError> {
+        let blocks = self.multiprocessors()? * 8;
+        let out = self.alloc_out(ndarray::Ix1(blocks * NT as usize))?;
+        let iters: i64 = 1 << 16;
+        let run = || {
+            self.launch(
+                "fma_peak_kernel",
+                blocks as u64,
+                NT,
+                &[out.arg(), Arg::I(iters), Arg::F(0.999)],
+            )
+        };
+        run()?;
+        let mut t = Vec::new();
+        for _ in 0..reps.max(1) {
+            let e0 = self.record_event()?;
+            run()?;
+            let e1 = self.record_event()?;
+            t.push(e0.elapsed_ms(&e1)?);
+        }
+        t.sort_by(f64::total_cmp);
+        let ms = t[t.len() / 2];
+        let flops = 2.0 * 8.0 * iters as f64 * (blocks * NT as usize) as f64;
+        Ok(flops / (ms * 1e-3) / 1e9)
     }
 
     /// Records an event on this handle's stream (for timing with [`GpuEvent::elapsed_ms`]).
