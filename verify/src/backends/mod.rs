@@ -10,9 +10,11 @@
 //! [`available_backends`]. A kernel the backend does not implement returns `Ok(None)`, which the
 //! matrix reports as `MISSING` (a failure, never a pass).
 
+mod cpu;
 mod cuda;
 mod reference;
 
+pub use cpu::Cpu;
 pub use cuda::Cuda;
 pub use reference::{recurrent_backward, reference_backward_inputs, Reference};
 
@@ -207,10 +209,7 @@ impl BackendKind {
 pub fn backend(kind: BackendKind) -> Result<Box<dyn Backend>, SsdError> {
     match kind {
         BackendKind::Reference => Ok(Box::new(Reference)),
-        BackendKind::Cpu => Err(SsdError::invalid(
-            "backend",
-            "the CPU backend (ssd-cpu) is not wired into ssd-verify yet",
-        )),
+        BackendKind::Cpu => Ok(Box::new(Cpu::new())),
         BackendKind::Cuda => Ok(Box::new(Cuda::new()?)),
     }
 }
@@ -223,8 +222,8 @@ pub fn backend_status() -> Vec<(BackendKind, Result<Box<dyn Backend>, SsdError>)
         .collect()
 }
 
-/// Every backend that can run here: the reference always, the CPU backend when it is built in,
-/// CUDA only when a driver and a device are present.
+/// Every backend that can run here: the reference and the CPU backend always, CUDA only when a
+/// driver and a device are present.
 pub fn available_backends() -> Vec<Box<dyn Backend>> {
     backend_status()
         .into_iter()
