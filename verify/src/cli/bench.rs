@@ -1,46 +1,85 @@
 //! `ssd-verify bench cpu|cuda`: the benchmark protocol of DESIGN.md §6, run by the benchmark
-//! code of each backend (`crate::bench::cpu`, `crate::bench::cuda`) and printed as a table or
-//! as JSON rows ([`crate::bench::BenchRow::to_json`]).
+//! code of each backend (`crate::bench::cuda`; the CPU's `crate::bench::cpu` once it is in the
+//! build) and printed as a table or as JSON rows ([`crate::bench::BenchRow::to_json`]).
 
-use super::CliError;
+use super::{emit, CliError};
 use crate::backends::BackendKind;
 use crate::bench::{Shape, CPU_SHAPES, D1, GPU_SHAPES};
+use crate::matrix::report::rows_json;
 use ssd_reference::SsdError;
 
-/// Resolves `--shape` values: a standard name (S1…S3, D1, G1…G3) or `b,l,h,p,g,n[,Q]`.
-pub fn shapes(backend: BackendKind, names: &[String]) -> Result<Vec<Shape>, CliError> {
+/// Timed repetitions when `--reps` is not given.
+pub const DEFAULT_REPS: usize = 20;
+
+/// The shapes to run and the decode shape (if any): standard names (S1…S3, D1, G1…G3,
+/// `decode` = the backend's decode shape) or `b,l,h,p,g,n[,Q]`; default: every standard shape
+/// of the backend and its decode shape.
+pub fn shapes(
+    backend: BackendKind,
+    names: &[String],
+) -> Result<(Vec<Shape>, Option<Shape>), CliError> {
+    let decode_shape = match backend {
+        BackendKind::Cuda => GPU_SHAPES[0],
+        _ => D1,
+    };
     if names.is_empty() {
-        return Ok(match backend {
+        let std = match backend {
             BackendKind::Cuda => GPU_SHAPES.to_vec(),
-            _ => CPU_SHAPES.iter().copied().chain([D1]).collect(),
-        });
+            _ => CPU_SHAPES.to_vec(),
+        };
+        return Ok((std, Some(decode_shape)));
     }
-    names
-        .iter()
-        .map(|n| {
-            CPU_SHAPES
-                .iter()
-                .chain(GPU_SHAPES.iter())
-                .chain([&D1])
-                .find(|s| s.name.eq_ignore_ascii_case(n))
-                .copied()
-                .map(Ok)
-                .unwrap_or_else(|| Shape::parse(n).map_err(CliError::Usage))
-        })
-        .collect()
+    let mut out = Vec::new();
+    let mut decode = None;
+    for n in names {
+        if n.eq_ignore_ascii_case("decode") || n.eq_ignore_ascii_case("D1") {
+            decode = Some(decode_shape);
+            continue;
+        }
+        let s = CPU_SHAPES
+            .iter()
+            .chain(GPU_SHAPES.iter())
+            .find(|s| s.name.eq_ignore_ascii_case(n))
+            .copied()
+            .map(Ok)
+            .unwrap_or_else(|| Shape::parse(n))
+            .map_err(CliError::Usage)?;
+        out.push(s);
+    }
+    Ok((out, decode))
 }
 
 /// The command.
-pub fn run(backend: BackendKind, names: &[String], _json: bool) -> Result<bool, CliError> {
-    let _shapes = shapes(backend, names)?;
-    // The benchmark programs live in `crate::bench::cpu` / `crate::bench::cuda`, written with
-    // the CPU and CUDA backends; this is where they are called once they are in the build.
-    Err(CliError::Ssd(SsdError::invalid(
-        "backend",
-        format!(
-            "the {} benchmark (verify/src/bench/{}.rs) is not in this build yet",
-            backend.name(),
-            backend.name()
-        ),
-    )))
+pub fn run(
+    backend: BackendKind,
+    names: &[String],
+    reps: Option<usize>,
+    json: bool,
+) -> Result<bool, CliError> {
+    let (shapes, decode) = shapes(backend, names)?;
+    let reps = reps.unwrap_or(DEFAULT_REPS);
+    let rows = match backend {
+        BackendKind::Cuda => {
+            let name = crate::bench::cuda::device_name()?;
+            eprintln!("ssd-verify bench cuda on {name}: {reps} reps (medians, CUDA events)");
+            let rows = crate::bench::cuda::run(&shapes, decode, reps)?;
+            if !json {
+                emit(&crate::bench::cuda::table(&rows));
+                return Ok(true);
+            }
+            rows
+        }
+        // `crate::bench::cpu::run` is called here once the CPU benchmark is in the build.
+        _ => {
+            return Err(CliError::Ssd(SsdError::invalid(
+                "backend",
+                "the cpu benchmark (verify/src/bench/cpu.rs) is not in this build yet",
+            )))
+        }
+    };
+    emit(&format!(
+        "{}\n",
+        rows_json(rows.iter().map(|r| r.to_json()))
+    ));
+    Ok(true)
 }

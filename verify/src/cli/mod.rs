@@ -4,7 +4,7 @@
 //! ssd-verify [--json]                                   the verification matrix
 //! ssd-verify check FILE.npz [--backend reference|cpu|cuda] [--rtol X] [--json]
 //! ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST] [--json] FILE.npz
-//! ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--json]
+//! ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--reps N] [--json]
 //! ```
 //!
 //! Exit status: 0 when every row passes, 1 when a row fails, 2 on a usage error or a file that
@@ -67,8 +67,9 @@ usage:
   ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST] [--json] FILE.npz
       writes a problem with inputs, seeds and float64 results; LIST is comma-separated from
       D D_head z dt_bias softplus dt_limit initial_states seq_idx dfinal_states all none
-  ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--json]
-      the benchmark protocol of DESIGN.md §6
+  ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--reps N] [--json]
+      the benchmark protocol of DESIGN.md §6; NAME is S1 S2 S3 D1 (cpu), G1 G2 G3 (cuda) or
+      decode; default: every standard shape of the backend and its decode step
 exit status: 0 pass, 1 a check failed, 2 usage error or unreadable input";
 
 /// Parsed command line.
@@ -94,6 +95,8 @@ pub enum Command {
         backend: BackendKind,
         /// Shapes (default: the standard ones of DESIGN.md §6).
         shapes: Vec<String>,
+        /// Timed repetitions (default [`bench::DEFAULT_REPS`]).
+        reps: Option<usize>,
     },
     /// `help`.
     Help,
@@ -183,13 +186,27 @@ pub fn parse_args(args: &[String]) -> Result<Args, CliError> {
                 None => return Err(CliError::Usage("bench needs cpu or cuda".into())),
             };
             let mut shapes = Vec::new();
+            let mut reps = None;
             while let Some(a) = it.next() {
                 match a.as_str() {
                     "--shape" => shapes.push(value(&mut it, "--shape")?.clone()),
+                    "--reps" => {
+                        let v = value(&mut it, "--reps")?;
+                        reps =
+                            Some(v.parse::<usize>().ok().filter(|r| *r > 0).ok_or_else(|| {
+                                CliError::Usage(format!(
+                                    "--reps `{v}`: expected a positive integer"
+                                ))
+                            })?);
+                    }
                     o => return Err(CliError::Usage(format!("bench: unexpected `{o}`"))),
                 }
             }
-            Command::Bench { backend, shapes }
+            Command::Bench {
+                backend,
+                shapes,
+                reps,
+            }
         }
         Some(o) => {
             return Err(CliError::Usage(format!(
@@ -221,7 +238,11 @@ pub fn main_with(args: &[String]) -> u8 {
             rtol,
         } => check::run(path, *backend, *rtol, parsed.json),
         Command::Export(a) => export::run(a, parsed.json),
-        Command::Bench { backend, shapes } => bench::run(*backend, shapes, parsed.json),
+        Command::Bench {
+            backend,
+            shapes,
+            reps,
+        } => bench::run(*backend, shapes, *reps, parsed.json),
     };
     match result {
         Ok(true) => 0,
