@@ -179,12 +179,11 @@ pub fn build_case(cs: &CaseSpec) -> Result<Case, SsdError> {
     let problem = cs.spec.build().map(r32);
     let dims = problem.dims();
     let mut rng = Rng::new(cs.spec.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xD0);
-    let (nb, l, nh, np, ng, nn) = (
+    let (nb, l, nh, np, nn) = (
         dims.batch,
         dims.seqlen,
         dims.nheads,
         dims.headdim,
-        dims.ngroups,
         dims.dstate,
     );
     let dout = Array4::from_shape_simple_fn((nb, l, nh, np), || r32(rng.normal()));
@@ -193,15 +192,12 @@ pub fn build_case(cs: &CaseSpec) -> Result<Case, SsdError> {
         .then(|| Array4::from_shape_simple_fn((nb, nh, np, nn), || r32(rng.normal())));
     let decode = decode_case(&problem, cs.state_pool, &mut rng);
     let norm = norm_case(&problem, cs, &mut rng);
+    let sw_shape = IxDyn(&[nb, l.min(16), nh, np]);
     let swiglu = SwigluCase {
-        x: ArrayD::from_shape_simple_fn(
-            IxDyn(&[nb, l.min(16), nh, np]),
-            || r32(2.0 * rng.normal()),
-        ),
-        y: ArrayD::from_shape_simple_fn(IxDyn(&[nb, l.min(16), nh, np]), || r32(rng.normal())),
-        dout: ArrayD::from_shape_simple_fn(IxDyn(&[nb, l.min(16), nh, np]), || r32(rng.normal())),
+        x: ArrayD::from_shape_simple_fn(sw_shape.clone(), || r32(2.0 * rng.normal())),
+        y: ArrayD::from_shape_simple_fn(sw_shape.clone(), || r32(rng.normal())),
+        dout: ArrayD::from_shape_simple_fn(sw_shape, || r32(rng.normal())),
     };
-    let _ = ng;
     let exact = kernel_inputs(
         &problem,
         &dout,
