@@ -12,7 +12,17 @@
 //! Directions are *scaled*: [`Direction::random`] and [`Direction::coordinate`] give each input
 //! the size of that input (its RMS), so a step `t` perturbs every input by about `t` relative,
 //! and the scaled function `φ(t) = f(p + t v)` varies on a scale of order 1 in `t` (A, Δ and z
-//! enter through `exp`/softplus/sigmoid of O(1) arguments, the rest polynomially).
+//! enter through `exp`/softplus/sigmoid of O(1) arguments, the rest polynomially). The
+//! exceptions are `A`, `dt` and `dt_bias`. `A_h` gets its own size `|A_h|` (not the RMS over
+//! heads): the decay `exp(A_h S)` has derivatives `Sⁿ exp(A_h S) ≤ (n / (e|A_h|))ⁿ` whatever the
+//! span S, so `|A_h|` is its scale, and a head with `|A_h| = 1.3` moved by the RMS 7.6 measured
+//! 2e-6 (truncation) at h = 1e-3. (`A_h = 0` gets 1; a central difference there would need
+//! `A > 0`, which is invalid.) `dt` and `dt_bias`: they only move `u = dt + dt_bias`, and the loss varies
+//! with `u` on its own scale, not on that of their values: softplus on `u`-scale 1 and the decay
+//! `exp(Δ A)` on `Δ`-scale `1/|A|`. Both get the scale `min(1, 1/max_h |A_h|)`. (Their RMS was
+//! wrong both ways: a bias near 0 gave a step far below that scale, swamped by rounding, 5e-5
+//! measured; a bias of 0.4 moved Δ ≈ 0.02 with |A| ≈ 16 by 4 % per unit step, and truncation
+//! gave 1e-7 at h = 1e-3.)
 //!
 //! The error of a central difference is truncation plus rounding. Rounding is `≈ c·ε_f / h`
 //! with `ε_f ≈ ε·Σ|terms of f|` (ε = 2.2e-16), and it matters because a directional derivative
@@ -25,6 +35,11 @@
 //! the directional derivative where the two-point formula gave 1e-6, two orders below the 1e-6
 //! of `tolerance::FD_DIRECTIONAL`. Linear inputs may use a step of 1, where the formula is exact
 //! up to rounding (it is exact for polynomials of degree ≤ 4).
+//!
+//! No step resolves a derivative far below the function's terms (e.g. 10⁻⁸ of them, where every
+//! path through `A` is suppressed by a per-step decay of e⁻¹⁵): [`rounding_floor`] is that
+//! resolution, `tolerance::FD_ROUNDING·ε·Σ|terms|/h`, and [`relative_error_beyond`] the relative
+//! error beyond it.
 //!
 //! ## Kinks
 //!
@@ -138,6 +153,25 @@ fn scale<D: Dimension>(a: &Array<f64, D>) -> f64 {
     }
 }
 
+/// The scale of an `A_h` direction: `|A_h|`, or 1 where `A_h = 0` (see the module docs).
+fn a_scale(a: f64) -> f64 {
+    if a != 0.0 {
+        a.abs()
+    } else {
+        1.0
+    }
+}
+
+/// The scale of a `dt` or `dt_bias` direction: `min(1, 1/max_h |A_h|)` (see the module docs).
+fn u_scale(a: &Array1<f64>) -> f64 {
+    let amax = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if amax > 1.0 {
+        1.0 / amax
+    } else {
+        1.0
+    }
+}
+
 fn randn_like<D: Dimension>(a: &Array<f64, D>, rng: &mut Rng) -> Array<f64, D> {
     let s = scale(a);
     a.map(|_| s * rng.normal())
@@ -162,23 +196,28 @@ impl Direction {
         }
     }
 
-    /// A random direction from `seed`: each entry N(0, 1) times the RMS of its input.
+    /// A random direction from `seed`: each entry N(0, 1) times the scale of its input (its RMS;
+    /// `|A_h|` for `A`, `min(1, 1/max|A|)` for `dt` and `dt_bias`; see the module docs).
     pub fn random(p: &Problem<f64>, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         Direction {
             x: randn_like(&p.x, &mut rng),
-            dt: randn_like(&p.dt, &mut rng),
-            a: randn_like(&p.a, &mut rng),
+            dt: p.dt.map(|_| u_scale(&p.a) * rng.normal()),
+            a: p.a.mapv(|v| a_scale(v) * rng.normal()),
             b: randn_like(&p.b, &mut rng),
             c: randn_like(&p.c, &mut rng),
             d: p.d.as_ref().map(|v| randn_like(v, &mut rng)),
             z: p.z.as_ref().map(|v| randn_like(v, &mut rng)),
-            dt_bias: p.dt_bias.as_ref().map(|v| randn_like(v, &mut rng)),
+            dt_bias: p
+                .dt_bias
+                .as_ref()
+                .map(|v| v.map(|_| u_scale(&p.a) * rng.normal())),
             initial_states: p.initial_states.as_ref().map(|v| randn_like(v, &mut rng)),
         }
     }
 
-    /// The direction of one coordinate of one input, of the size of that input (its RMS).
+    /// The direction of one coordinate of one input, of the scale of that input (as in
+    /// [`Direction::random`]).
     /// Errors if the input is absent from `p` or the index is outside its shape.
     pub fn coordinate(p: &Problem<f64>, input: Input, index: &[usize]) -> Result<Self, SsdError> {
         let mut dir = Direction::zeros(p);
@@ -205,8 +244,20 @@ impl Direction {
         }
         match input {
             Input::X => put!(dir.x, p.x),
-            Input::Dt => put!(dir.dt, p.dt),
-            Input::A => put!(dir.a, p.a),
+            Input::Dt => {
+                let mut a = std::mem::take(&mut dir.dt).into_dyn();
+                set(&mut a, u_scale(&p.a))?;
+                dir.dt = a.into_dimensionality().expect("same rank");
+            }
+            Input::A => {
+                let s = index
+                    .first()
+                    .and_then(|&h| p.a.get(h))
+                    .map_or(1.0, |&v| a_scale(v));
+                let mut a = std::mem::take(&mut dir.a).into_dyn();
+                set(&mut a, s)?;
+                dir.a = a.into_dimensionality().expect("same rank");
+            }
             Input::B => put!(dir.b, p.b),
             Input::C => put!(dir.c, p.c),
             Input::D => {
@@ -219,8 +270,11 @@ impl Direction {
                 put!(*dir.z.as_mut().ok_or_else(absent)?, src)
             }
             Input::DtBias => {
-                let src = p.dt_bias.as_ref().ok_or_else(absent)?;
-                put!(*dir.dt_bias.as_mut().ok_or_else(absent)?, src)
+                p.dt_bias.as_ref().ok_or_else(absent)?;
+                let s = u_scale(&p.a);
+                let mut a = std::mem::take(dir.dt_bias.as_mut().ok_or_else(absent)?).into_dyn();
+                set(&mut a, s)?;
+                dir.dt_bias = Some(a.into_dimensionality().expect("same rank"));
             }
             Input::InitialStates => {
                 let src = p.initial_states.as_ref().ok_or_else(absent)?;
@@ -394,6 +448,49 @@ pub fn directional_derivative(
 pub fn relative_error(got: f64, want: f64) -> f64 {
     let d = (got - want).abs();
     if d == 0.0 {
+        0.0
+    } else {
+        d / want.abs()
+    }
+}
+
+/// `Σ|out·dout| + Σ|final_states·dfinal_states|`: the magnitude of the terms of [`ssd_loss`],
+/// which sets the rounding of its finite differences.
+pub fn ssd_loss_magnitude(
+    outputs: &Outputs<f64>,
+    dout: &Array4<f64>,
+    dfinal_states: Option<&Array4<f64>>,
+) -> f64 {
+    let mut s: f64 = outputs
+        .out
+        .iter()
+        .zip(dout.iter())
+        .map(|(a, b)| (a * b).abs())
+        .sum();
+    if let Some(df) = dfinal_states {
+        s += outputs
+            .final_states
+            .iter()
+            .zip(df.iter())
+            .map(|(a, b)| (a * b).abs())
+            .sum::<f64>();
+    }
+    s
+}
+
+/// The smallest directional derivative [`central_difference`] with step `h` resolves for a
+/// function whose terms sum (in magnitude) to `magnitude`:
+/// `tolerance::FD_ROUNDING · ε · magnitude / h`.
+pub fn rounding_floor(magnitude: f64, h: f64) -> f64 {
+    crate::tolerance::FD_ROUNDING * f64::EPSILON * magnitude / h
+}
+
+/// The relative error of a finite difference `fd` against the predicted `want` beyond the
+/// difference's own rounding floor: `max(0, |fd − want| − floor) / |want|` (0 when within the
+/// floor; compare with `tolerance::FD_DIRECTIONAL`).
+pub fn relative_error_beyond(fd: f64, want: f64, floor: f64) -> f64 {
+    let d = (fd - want).abs() - floor;
+    if d <= 0.0 {
         0.0
     } else {
         d / want.abs()
