@@ -7,63 +7,59 @@
 //! `CB = C Bᵀ` register-blocked. The combined forward computes only the blocks on or below the
 //! diagonal (`causal`), the only ones `chunk_scan` reads.
 
+use super::first_col;
 use super::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{store, V, W};
-use crate::tile::{fma_rows, for_tiles, TileOp};
+use crate::tile::{fma_cols, for_tiles, TileOp};
 use crate::SsdError;
 use ndarray::{Array5, ArrayView2, ArrayView4};
 use ssd_reference::validate::check_shape;
 
-/// Writes `CB` of every (b, c, g) into `cb` ((b, c, g, Q, qp) blocks). With `causal`, only
-/// the vectors of columns `s ≤ l` (rounded up to whole tiles) of each row `l` are written.
+/// Writes `CBᵀ` of every (b, c, g) into `cbt` ((b, c, g, Q, qp) blocks: row `s`, column `l`)
+/// and `Cᵀ` into `ct` ((b, c, g, n, qp) blocks, zero past the chunk). With `causal`, only the
+/// vectors of columns `l ≥ s − 8` of each row `s` (rounded out to whole tiles) are written, the
+/// only ones `chunk_scan` reads.
 pub(crate) fn bmm_chunk_core(
     g: &Geom,
     cmat: &[f32],
     bmat: &[f32],
     seq: Seq<'_>,
     causal: bool,
-    cb: &mut [f32],
+    cbt: &mut [f32],
+    ct: &mut [f32],
     par: Par,
 ) {
-    let blk = g.q * g.qp;
-    let tiles: Vec<_> = split_mut(cb, g.nb * g.nc * g.ng, blk)
+    let ntiles = g.nb * g.nc * g.ng;
+    let tiles: Vec<_> = split_mut(cbt, ntiles, g.q * g.qp)
         .into_iter()
+        .zip(split_mut(ct, ntiles, g.nn * g.qp))
         .enumerate()
         .collect();
     for_each_tile(
         par,
         tiles,
         || vec![0.0f32; g.nn * g.qp],
-        |bt, (i, out)| {
+        |bt, (i, (out, ct))| {
             let (b, c, gg) = (i / (g.nc * g.ng), (i / g.ng) % g.nc, i % g.ng);
             let (t0, len) = g.chunk(c);
-            for n in 0..g.nn {
-                for s in 0..g.qp {
-                    bt[n * g.qp + s] = if s < len {
-                        bmat[g.bc_at(b, t0 + s, gg) + n]
-                    } else {
-                        0.0
-                    };
-                }
-            }
+            pack_t(g, bmat, b, t0, len, gg, bt);
+            pack_t(g, cmat, b, t0, len, gg, ct);
             let mut op = CbOp {
-                cmat,
                 g,
-                row0: g.bc_at(b, t0, gg),
-                rs: g.ng * g.nn,
                 bt,
+                ct,
                 causal,
                 out,
             };
             for_tiles(&mut op, len, g.qp / W);
             if seq.ids.is_some() {
-                for li in 0..len {
-                    let id = seq.id(b, t0 + li);
-                    let end = if causal { ((li / W) + 1) * W } else { g.qp };
-                    for s in 0..end.min(len) {
-                        if seq.id(b, t0 + s) != id {
-                            out[li * g.qp + s] = 0.0;
+                for si in 0..len {
+                    let id = seq.id(b, t0 + si);
+                    let from = if causal { first_col(si) } else { 0 };
+                    for l in from..len {
+                        if seq.id(b, t0 + l) != id {
+                            out[si * g.qp + l] = 0.0;
                         }
                     }
                 }
@@ -72,12 +68,29 @@ pub(crate) fn bmm_chunk_core(
     );
 }
 
+/// `dst[n, s] = src[b, t0 + s, g, n]` for `s < len`, 0 up to qp.
+pub(crate) fn pack_t(
+    g: &Geom,
+    src: &[f32],
+    b: usize,
+    t0: usize,
+    len: usize,
+    gg: usize,
+    dst: &mut [f32],
+) {
+    dst.fill(0.0);
+    for s in 0..len {
+        let row = &src[g.bc_at(b, t0 + s, gg)..][..g.nn];
+        for (n, &v) in row.iter().enumerate() {
+            dst[n * g.qp + s] = v;
+        }
+    }
+}
+
 struct CbOp<'a> {
-    cmat: &'a [f32],
     g: &'a Geom,
-    row0: usize,
-    rs: usize,
     bt: &'a [f32],
+    ct: &'a [f32],
     causal: bool,
     out: &'a mut [f32],
 }
@@ -85,15 +98,19 @@ struct CbOp<'a> {
 impl TileOp for CbOp<'_> {
     #[inline(always)]
     fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize) {
-        if self.causal && v0 * W > r0 + R - 1 {
+        if self.causal && (v0 + NV) * W <= first_col(r0) {
             return;
         }
-        let nn = self.g.nn;
-        let a_rows: [&[f32]; R] =
-            std::array::from_fn(|r| &self.cmat[self.row0 + (r0 + r) * self.rs..][..nn]);
-        let mut acc = [[V::ZERO; NV]; R];
-        fma_rows(&mut acc, a_rows, &self.bt[v0 * W..], self.g.qp, nn);
         let qp = self.g.qp;
+        let mut acc = [[V::ZERO; NV]; R];
+        fma_cols(
+            &mut acc,
+            &self.bt[r0..],
+            qp,
+            &self.ct[v0 * W..],
+            qp,
+            self.g.nn,
+        );
         for r in 0..R {
             for v in 0..NV {
                 store(&mut self.out[(r0 + r) * qp + (v0 + v) * W..], acc[r][v]);
@@ -139,11 +156,17 @@ pub fn bmm_chunk(
         q: g.q,
     };
     let mut blocks = vec![0.0f32; nb * g.nc * ng * g.q * g.qp];
-    bmm_chunk_core(&g, &cm, &bm, seq, false, &mut blocks, par);
+    let mut ct = vec![0.0f32; nb * g.nc * ng * nn * g.qp];
+    bmm_chunk_core(&g, &cm, &bm, seq, false, &mut blocks, &mut ct, par);
     let mut out = Array5::<f32>::zeros((nb, g.nc, ng, g.q, g.q));
     let o = out.as_slice_mut().expect("owned array is contiguous");
-    for (dst, src) in o.chunks_mut(g.q).zip(blocks.chunks(g.qp)) {
-        dst.copy_from_slice(&src[..g.q]);
+    // CB[l, s] = CBᵀ[s, l]
+    for (dst, src) in o.chunks_mut(g.q * g.q).zip(blocks.chunks(g.q * g.qp)) {
+        for l in 0..g.q {
+            for s in 0..g.q {
+                dst[l * g.q + s] = src[s * g.qp + l];
+            }
+        }
     }
     Ok(out)
 }

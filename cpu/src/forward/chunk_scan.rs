@@ -8,10 +8,10 @@
 //! `acc = diag(e) C Pᵀ + M X` (the state product first, scaled by `e_l = exp(a_l)`, then the
 //! causal product over `s < l0 + R` only), and the `D`/`z` epilogue straight into `out`.
 
-use super::{flat, Geom, Seq};
+use super::{first_col, flat, Geom, Seq};
 use crate::par::{for_each_tile, Par};
-use crate::simd::{exp_nonpos, load, load_partial, mask_le, silu, store, store_partial, V, W};
-use crate::tile::{fma_rows, for_tiles, TileOp};
+use crate::simd::{exp_nonpos, load, load_partial, mask_ge, silu, store, store_partial, V, W};
+use crate::tile::{fma_cols, for_tiles, TileOp};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, ArrayViewD, ArrayViewMut2, Axis};
 use ssd_reference::chunking::check_bhcq;
@@ -19,13 +19,14 @@ use ssd_reference::validate::{check_d, check_groups, check_shape};
 
 /// Inputs of [`chunk_scan_core`], flat.
 pub(crate) struct ScanArgs<'a> {
-    /// (b, c, g, Q, qp)
-    pub(crate) cb: &'a [f32],
+    /// (b, c, g, Q, qp): `CBᵀ`, row `s`, column `l`
+    pub(crate) cbt: &'a [f32],
+    /// (b, c, g, n, qp): `Cᵀ`
+    pub(crate) ct: &'a [f32],
     pub(crate) x: &'a [f32],
     pub(crate) dt: &'a [f32],
     pub(crate) hi: &'a [f32],
     pub(crate) lo: Option<&'a [f32]>,
-    pub(crate) c: &'a [f32],
     /// (b, c, h, n, pp) slabs of `P_c`
     pub(crate) prev: &'a [f32],
     /// (h, pp): `D` per channel (a per-head `D` repeated), padded with 0
@@ -45,14 +46,31 @@ pub(crate) fn d_table(d: &ArrayViewD<'_, f32>, nh: usize, np: usize, pp: usize) 
     t
 }
 
-/// Per-worker scratch of [`chunk_scan_core`].
-struct Scratch {
-    xp: Vec<f32>,
+/// Per-worker scratch of one (b, c, h) block.
+pub(crate) struct Scratch {
+    /// X of the chunk (len × pp)
+    pub(crate) xp: Vec<f32>,
+    /// Mᵀ (len × qp)
     m: Vec<f32>,
-    hi: Vec<f32>,
-    lo: Vec<f32>,
-    dt: Vec<f32>,
+    /// cumsum (hi, lo) and Δ of the chunk, padded to qp
+    pub(crate) hi: Vec<f32>,
+    pub(crate) lo: Vec<f32>,
+    pub(crate) dt: Vec<f32>,
+    /// `e_l = [id_l = id_prev] exp(a_l)`
     e: Vec<f32>,
+}
+
+impl Scratch {
+    pub(crate) fn new(g: &Geom) -> Scratch {
+        Scratch {
+            xp: vec![0.0; g.q * g.pp],
+            m: vec![0.0; g.q * g.qp],
+            hi: vec![0.0; g.qp],
+            lo: vec![0.0; g.qp],
+            dt: vec![0.0; g.qp],
+            e: vec![0.0; g.q],
+        }
+    }
 }
 
 /// One (b, c, h) tile: its rows of `out` (len × p) and optionally of `y`.
@@ -110,31 +128,29 @@ pub(crate) fn scan_tiles<'o>(
 
 /// Computes every (b, c, h) tile of `out` (and `y`, the output before the gate).
 pub(crate) fn chunk_scan_core(g: &Geom, a: &ScanArgs<'_>, tiles: Vec<ScanTile<'_>>, par: Par) {
-    let scratch = || Scratch {
-        xp: vec![0.0; g.q * g.pp],
-        m: vec![0.0; g.q * g.qp],
-        hi: vec![0.0; g.qp],
-        lo: vec![0.0; g.qp],
-        dt: vec![0.0; g.qp],
-        e: vec![0.0; g.q],
-    };
-    for_each_tile(par, tiles, scratch, |s, (i, out, y)| {
-        let (b, c, h) = (i / (g.nc * g.nh), (i / g.nh) % g.nc, i % g.nh);
-        scan_tile(g, a, b, c, h, s, out, y);
-    });
+    for_each_tile(
+        par,
+        tiles,
+        || Scratch::new(g),
+        |s, (i, out, y)| {
+            let (b, c, h) = (i / (g.nc * g.nh), (i / g.nh) % g.nc, i % g.nh);
+            let any_state = prepare_block(g, a, b, c, h, s);
+            let prev = &a.prev[((b * g.nc + c) * g.nh + h) * g.slab()..][..g.slab()];
+            emit_block(g, a, b, c, h, s, prev, any_state, out, y);
+        },
+    );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn scan_tile<'o>(
+/// Fills the scratch for block (b, c, h): cumsum and Δ, packed X, `Mᵀ`, `e`. Returns whether
+/// any token of the block sees the state entering it.
+pub(crate) fn prepare_block(
     g: &Geom,
     a: &ScanArgs<'_>,
     b: usize,
     c: usize,
     h: usize,
     s: &mut Scratch,
-    out: ArrayViewMut2<'o, f32>,
-    y: Option<ArrayViewMut2<'o, f32>>,
-) {
+) -> bool {
     let (t0, len) = g.chunk(c);
     let base = g.bhcq_at(b, h, c);
     let (qp, pp) = (g.qp, g.pp);
@@ -152,23 +168,19 @@ fn scan_tile<'o>(
             store(&mut s.xp[l * pp + v..], load_partial(&row[v..]));
         }
     }
-    // M[l, s] = CB[l, s] exp(a_l − a_s) Δ_s for s ≤ l.
+    // Mᵀ[s, l] = CB[l, s] exp(a_l − a_s) Δ_s for l ≥ s (0 for first_col(s) ≤ l < s).
     let hg = h / g.hpg();
-    let cb = &a.cb[((b * g.nc + c) * g.ng + hg) * g.q * qp..][..g.q * qp];
-    for l in 0..len {
-        let (hl, ll) = (V::splat(s.hi[l]), V::splat(s.lo[l]));
-        let cbrow = &cb[l * qp..][..qp];
-        let mrow = &mut s.m[l * qp..][..qp];
-        for j0 in (0..=l).step_by(W) {
-            let x = (hl - load(&s.hi[j0..])) + (ll - load(&s.lo[j0..]));
+    let blk = (b * g.nc + c) * g.ng + hg;
+    let cbt = &a.cbt[blk * g.q * qp..][..g.q * qp];
+    for si in 0..len {
+        let (hs, ls, ds) = (V::splat(s.hi[si]), V::splat(s.lo[si]), V::splat(s.dt[si]));
+        let cbrow = &cbt[si * qp..][..qp];
+        let mrow = &mut s.m[si * qp..][..qp];
+        for j0 in (first_col(si)..qp).step_by(W) {
+            let x = (load(&s.hi[j0..]) - hs) + (load(&s.lo[j0..]) - ls);
             let e = exp_nonpos(x.fast_min(V::ZERO));
-            let v = e * load(&s.dt[j0..]) * load(&cbrow[j0..]);
-            store(&mut mrow[j0..], mask_le(v, j0, l));
-        }
-        // The register tile of row l reads up to 5 columns past l: keep them 0.
-        let next = (l / W + 1) * W;
-        if next < qp {
-            store(&mut mrow[next..], V::ZERO);
+            let v = e * ds * load(&cbrow[j0..]);
+            store(&mut mrow[j0..], mask_ge(v, j0, si));
         }
     }
     // e_l = exp(a_l) where the state entering the chunk reaches token l.
@@ -182,12 +194,33 @@ fn scan_tile<'o>(
         };
         any_state |= s.e[l] != 0.0;
     }
+    any_state
+}
+
+/// Writes rows `out` (len × p) (and `y`) of block (b, c, h) from the prepared scratch and the
+/// state entering the block, `prev` ((n, pp)).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn emit_block<'o>(
+    g: &Geom,
+    a: &ScanArgs<'_>,
+    b: usize,
+    c: usize,
+    h: usize,
+    s: &Scratch,
+    prev: &[f32],
+    any_state: bool,
+    out: ArrayViewMut2<'o, f32>,
+    y: Option<ArrayViewMut2<'o, f32>>,
+) {
+    let (t0, len) = g.chunk(c);
+    let (qp, pp) = (g.qp, g.pp);
+    let blk = (b * g.nc + c) * g.ng + h / g.hpg();
     let mut op = ScanOp {
         g,
         a,
-        crow0: g.bc_at(b, t0, hg),
+        ct: &a.ct[blk * g.nn * qp..][..g.nn * qp],
         xrow0: g.x_at(b, t0, h),
-        prev: &a.prev[((b * g.nc + c) * g.nh + h) * g.slab()..][..g.slab()],
+        prev,
         d: a.d.map(|d| &d[h * pp..(h + 1) * pp]),
         s,
         any_state,
@@ -200,7 +233,7 @@ fn scan_tile<'o>(
 struct ScanOp<'a, 'o> {
     g: &'a Geom,
     a: &'a ScanArgs<'a>,
-    crow0: usize,
+    ct: &'a [f32],
     xrow0: usize,
     prev: &'a [f32],
     d: Option<&'a [f32]>,
@@ -218,10 +251,7 @@ impl TileOp for ScanOp<'_, '_> {
         let s = self.s;
         let mut acc = [[V::ZERO; NV]; R];
         if self.any_state {
-            let rs = g.ng * nn;
-            let c_rows: [&[f32]; R] =
-                std::array::from_fn(|r| &self.a.c[self.crow0 + (r0 + r) * rs..][..nn]);
-            fma_rows(&mut acc, c_rows, &self.prev[v0 * W..], pp, nn);
+            fma_cols(&mut acc, &self.ct[r0..], qp, &self.prev[v0 * W..], pp, nn);
             for r in 0..R {
                 let e = V::splat(s.e[r0 + r]);
                 for v in 0..NV {
@@ -229,8 +259,7 @@ impl TileOp for ScanOp<'_, '_> {
                 }
             }
         }
-        let m_rows: [&[f32]; R] = std::array::from_fn(|r| &s.m[(r0 + r) * qp..][..qp]);
-        fma_rows(&mut acc, m_rows, &s.xp[v0 * W..], pp, r0 + R);
+        fma_cols(&mut acc, &s.m[r0..], qp, &s.xp[v0 * W..], pp, r0 + R);
         let np = g.np;
         let xs = g.nh * np;
         for r in 0..R {
@@ -303,30 +332,40 @@ pub fn chunk_scan(
         },
         q,
     );
-    // CB rows padded to qp; states transposed to (n, pp) slabs.
+    // CBᵀ padded to qp columns, Cᵀ packed; states transposed to (n, pp) slabs.
     let cb_in = flat(&cb_bcgqq);
-    let mut cb = vec![0.0f32; nb * nc * ng * q * g.qp];
-    for (dst, src) in cb.chunks_mut(g.qp).zip(cb_in.chunks(q)) {
-        dst[..q].copy_from_slice(src);
+    let mut cbt = vec![0.0f32; nb * nc * ng * q * g.qp];
+    for (dst, src) in cbt.chunks_mut(q * g.qp).zip(cb_in.chunks(q * q)) {
+        for l in 0..q {
+            for s in 0..q {
+                dst[s * g.qp + l] = src[l * q + s];
+            }
+        }
+    }
+    let cm = flat(&c_blgn);
+    let mut ct = vec![0.0f32; nb * nc * ng * nn * g.qp];
+    for (i, blk) in ct
+        .chunks_mut((nn * g.qp).max(1))
+        .enumerate()
+        .take(nb * nc * ng)
+    {
+        let (b, c, gg) = (i / (nc * ng), (i / ng) % nc, i % ng);
+        let (t0, len) = g.chunk(c);
+        super::bmm_chunk::pack_t(&g, &cm, b, t0, len, gg, blk);
     }
     let mut prev = vec![0.0f32; nb * nc * nh * g.slab()];
     super::chunk_state::pn_to_slabs(&g, &flat(&prev_states_bchpn), &mut prev);
-    let (x, dt, hi, cm) = (
-        flat(&x_blhp),
-        flat(&dt_bhcq),
-        flat(&dacs_bhcq),
-        flat(&c_blgn),
-    );
+    let (x, dt, hi) = (flat(&x_blhp), flat(&dt_bhcq), flat(&dacs_bhcq));
     let dtab = d.as_ref().map(|d| d_table(d, nh, np, g.pp));
     let z = z_blhp.as_ref().map(flat);
     let ids = seq_idx.as_ref().map(flat);
     let args = ScanArgs {
-        cb: &cb,
+        cbt: &cbt,
+        ct: &ct,
         x: &x,
         dt: &dt,
         hi: &hi,
         lo: None,
-        c: &cm,
         prev: &prev,
         d: dtab.as_deref(),
         z: z.as_deref(),

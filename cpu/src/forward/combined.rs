@@ -1,15 +1,14 @@
-//! The combined forward [mamba_chunk_scan_combined]: the five kernels composed in upstream's
-//! order, on the internal layouts, with every intermediate in a reusable [`Workspace`].
+//! The combined forward [mamba_chunk_scan_combined]: the chunked kernels composed in
+//! upstream's order on the internal layouts, with the intermediates in a reusable [`Workspace`].
 //!
-//! `chunk_cumsum` (tiles (b, h)) → `bmm_chunk`, causal blocks only (tiles (b, c, g)) →
-//! `chunk_state` (tiles (b, c, h)) → `state_passing` in place (tiles (b, h)) → `chunk_scan`
-//! (tiles (b, c, h)) writing `out` directly.
+//! `chunk_cumsum` (tiles (b, h)) → `bmm_chunk`, causal blocks only, plus `Cᵀ` packed (tiles
+//! (b, c, g)) → the fused `chunk_scan` + `chunk_state` + `state_passing` of [`super::fused`]
+//! (tiles (b, h), sequential over the chunks, the state in cache), writing `out` directly.
 
 use super::bmm_chunk::bmm_chunk_core;
 use super::chunk_cumsum::chunk_cumsum_core;
-use super::chunk_scan::{chunk_scan_core, d_table, scan_tiles, ScanArgs};
-use super::chunk_state::{chunk_state_core, StateArgs};
-use super::state_passing::state_passing_core;
+use super::chunk_scan::{d_table, ScanArgs};
+use super::fused::scan_fused;
 use super::{ensure, flat, Geom, Seq};
 use crate::par::Par;
 use crate::SsdError;
@@ -46,7 +45,7 @@ pub struct Workspace {
     hi: Vec<f32>,
     lo: Vec<f32>,
     cb: Vec<f32>,
-    states: Vec<f32>,
+    ct: Vec<f32>,
 }
 
 impl Workspace {
@@ -57,7 +56,12 @@ impl Workspace {
 }
 
 /// The SSD forward of `mamba_chunk_scan_combined`: `out` (b, l, h, p) and `final_states`
-/// (b, h, p, n), by the chunked algorithm at `options.chunk_size`.
+/// (b, h, p, n), by the chunked algorithm in chunks of `min(options.chunk_size, 64)` tokens
+/// (the result does not depend on the chunk size beyond f32 rounding; 64 is fastest here).
+///
+/// Per (batch, head), sequentially over the chunks, with the state kept in cache:
+/// `y_c = diag(e) C_c P_cᵀ + (L ∘ C_c B_cᵀ) diag(Δ) X_c` (+ `D x`, `z` gate), then
+/// `P_{c+1} = exp(a_last) P_c + Bᵀ diag(exp(a_last − a) Δ) X_c`.
 ///
 /// Validates once ([`ssd_reference::validate`]); every option of the reference is supported
 /// (groups, `D` (h) or (h, p), `z`, `dt_bias`, softplus, `dt_limit`, `initial_states`,
@@ -152,6 +156,18 @@ pub fn mamba_chunk_scan_combined_into(
     Ok(())
 }
 
+/// The largest chunk the combined forward runs: it uses chunks of `min(Q, 64)` tokens. The
+/// result does not depend on the chunking (DESIGN.md §2: the chunked form equals the recurrence
+/// for every Q, up to rounding), only its cost does: per token and head the chunked forward
+/// does `4np` FLOPs for the state plus `≈ 2·Q·p/2` (and `Q/2` exponentials) inside the chunk,
+/// and the fused state pass keeps the state in cache whatever the number of chunks, so on a
+/// CPU a short chunk wins (at S2, Q = 64 does ≈ 0.7× the FLOPs of Q = 256).
+pub(crate) const BLOCK: usize = 64;
+
+fn block_size(seqlen: usize, chunk_size: usize) -> usize {
+    chunk_size.min(BLOCK).min(seqlen.max(1))
+}
+
 /// The forward on validated inputs; `out` is in standard layout.
 fn forward(
     inputs: &Inputs<'_, f32>,
@@ -162,7 +178,7 @@ fn forward(
     ws: &mut Workspace,
     par: Par,
 ) {
-    let g = Geom::new(dims, options.chunk_size);
+    let g = Geom::new(dims, block_size(dims.seqlen, options.chunk_size));
     let x = flat(&inputs.x);
     let dt_in = flat(&inputs.dt);
     let a = flat(&inputs.a);
@@ -179,51 +195,25 @@ fn forward(
         q: g.q,
     };
     let nbhcq = g.nb * g.nh * g.nc * g.q;
-    let Workspace {
-        dt,
-        hi,
-        lo,
-        cb,
-        states,
-    } = ws;
+    let Workspace { dt, hi, lo, cb, ct } = ws;
     let dt = ensure(dt, nbhcq);
     let hi = ensure(hi, nbhcq);
     let lo = ensure(lo, nbhcq);
     chunk_cumsum_core(&g, &dt_in, &a, bias.as_deref(), options, dt, hi, lo, par);
     let cb = ensure(cb, g.nb * g.nc * g.ng * g.q * g.qp);
-    bmm_chunk_core(&g, &cm, &bm, seq, true, cb, par);
-    let states = ensure(states, g.nb * g.nc * g.nh * g.slab());
-    let sargs = StateArgs {
-        x: &x,
-        b: &bm,
-        dt,
-        hi,
-        lo: Some(lo),
-        seq,
-    };
-    chunk_state_core(&g, &sargs, states, par);
-    state_passing_core(
-        &g,
-        states,
-        hi,
-        Some(lo),
-        init.as_deref(),
-        seq,
-        final_states,
-        par,
-    );
+    let ct = ensure(ct, g.nb * g.nc * g.ng * g.nn * g.qp);
+    bmm_chunk_core(&g, &cm, &bm, seq, true, cb, ct, par);
     let args = ScanArgs {
-        cb,
+        cbt: cb,
+        ct,
         x: &x,
         dt,
         hi,
         lo: Some(lo),
-        c: &cm,
-        prev: states,
+        prev: &[],
         d: dtab.as_deref(),
         z: z.as_deref(),
         seq,
     };
-    let tiles = scan_tiles(&g, out, None);
-    chunk_scan_core(&g, &args, tiles, par);
+    scan_fused(&g, &args, &bm, init.as_deref(), out, final_states, par);
 }

@@ -12,6 +12,7 @@ pub(crate) mod chunk_cumsum;
 pub(crate) mod chunk_scan;
 pub(crate) mod chunk_state;
 pub(crate) mod combined;
+pub(crate) mod fused;
 pub(crate) mod state_passing;
 
 use crate::simd::pad;
@@ -117,6 +118,12 @@ pub(crate) fn flat<'a, T: Copy, D: Dimension>(v: &'a ArrayView<'_, T, D>) -> Cow
         Some(s) => Cow::Borrowed(s),
         None => Cow::Owned(v.iter().copied().collect()),
     }
+}
+
+/// The first column `l` (a multiple of 8) of row `s` of a causal `CBᵀ` / `Mᵀ` block that the
+/// register tiles of `chunk_scan` read: `l ≥ s − MR`.
+pub(crate) fn first_col(s: usize) -> usize {
+    (s.saturating_sub(crate::tile::MR) / crate::simd::W) * crate::simd::W
 }
 
 /// Grows `v` to at least `n` elements.
