@@ -4,6 +4,7 @@
 //! Benchmarks are programs, never timed tests: medians of repeated runs after warm-up, every
 //! CPU figure as a ratio to a ceiling measured in the same run.
 
+pub mod cpu;
 pub mod cuda;
 
 /// A benchmark shape (b, l, h, p, g, n, Q).
