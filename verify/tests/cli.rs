@@ -460,6 +460,28 @@ fn truncated_or_corrupt_file_is_a_clear_error() {
 }
 
 #[test]
+fn bench_cpu_runs_and_prints_json_rows() {
+    // the plumbing only (a tiny shape, one rep): benchmarks are programs, not timed tests
+    let o = run(&[
+        "bench",
+        "cpu",
+        "--shape",
+        "1,64,2,8,1,8,16",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let text = out.trim();
+    assert!(text.starts_with('[') && text.ends_with(']'), "{text}");
+    assert!(
+        text.contains("\"shape\":\"custom\",\"backend\":\"cpu\",\"op\":\"forward\""),
+        "{text}"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     for args in [
         &["frobnicate"][..],

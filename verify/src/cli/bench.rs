@@ -1,12 +1,11 @@
 //! `ssd-verify bench cpu|cuda`: the benchmark protocol of DESIGN.md §6, run by the benchmark
-//! code of each backend (`crate::bench::cuda`; the CPU's `crate::bench::cpu` once it is in the
-//! build) and printed as a table or as JSON rows ([`crate::bench::BenchRow::to_json`]).
+//! code of each backend ([`crate::bench::cpu`], [`crate::bench::cuda`]), printed as a table or
+//! as JSON rows ([`crate::bench::BenchRow::to_json`]).
 
 use super::{emit, CliError};
 use crate::backends::BackendKind;
 use crate::bench::{Shape, CPU_SHAPES, D1, GPU_SHAPES};
 use crate::matrix::report::rows_json;
-use ssd_reference::SsdError;
 
 /// Timed repetitions when `--reps` is not given.
 pub const DEFAULT_REPS: usize = 20;
@@ -69,12 +68,17 @@ pub fn run(
             }
             rows
         }
-        // `crate::bench::cpu::run` is called here once the CPU benchmark is in the build.
         _ => {
-            return Err(CliError::Ssd(SsdError::invalid(
-                "backend",
-                "the cpu benchmark (verify/src/bench/cpu.rs) is not in this build yet",
-            )))
+            eprintln!(
+                "ssd-verify bench cpu on {} threads: {reps} reps (medians)",
+                rayon::current_num_threads()
+            );
+            let rows = crate::bench::cpu::run(&shapes, decode, reps)?;
+            if !json {
+                emit(&crate::bench::cpu::table(&rows));
+                return Ok(true);
+            }
+            rows
         }
     };
     emit(&format!(
