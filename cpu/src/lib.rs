@@ -28,6 +28,7 @@ mod norm;
 mod par;
 mod simd;
 mod tile;
+mod validate;
 
 pub use decode::{selective_state_update, selective_state_update_into};
 pub use forward::bmm_chunk::bmm_chunk;

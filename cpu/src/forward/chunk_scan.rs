@@ -68,7 +68,7 @@ impl Scratch {
             hi: vec![0.0; g.qp],
             lo: vec![0.0; g.qp],
             dt: vec![0.0; g.qp],
-            e: vec![0.0; g.q],
+            e: vec![0.0; g.qp],
         }
     }
 }
@@ -184,16 +184,21 @@ pub(crate) fn prepare_block(
         }
     }
     // e_l = exp(a_l) where the state entering the chunk reaches token l.
-    let prev_id = a.seq.prev_end(b, c);
-    let mut any_state = false;
-    for l in 0..len {
-        s.e[l] = if a.seq.id(b, t0 + l) == prev_id {
-            ((s.hi[l] as f64 + s.lo[l] as f64).exp()) as f32
-        } else {
-            0.0
-        };
-        any_state |= s.e[l] != 0.0;
+    for j0 in (0..len).step_by(W) {
+        store(
+            &mut s.e[j0..],
+            exp_nonpos(load(&s.hi[j0..]).fast_min(V::ZERO)),
+        );
     }
+    if a.seq.ids.is_some() {
+        let prev_id = a.seq.prev_end(b, c);
+        for l in 0..len {
+            if a.seq.id(b, t0 + l) != prev_id {
+                s.e[l] = 0.0;
+            }
+        }
+    }
+    let any_state = s.e[..len].iter().any(|&v| v != 0.0);
     any_state
 }
 
@@ -262,26 +267,35 @@ impl TileOp for ScanOp<'_, '_> {
         fma_cols(&mut acc, &s.m[r0..], qp, &s.xp[v0 * W..], pp, r0 + R);
         let np = g.np;
         let xs = g.nh * np;
+        let cols = (v0 * W).min(np)..((v0 + NV) * W).min(np);
         for r in 0..R {
             let l = r0 + r;
+            let mut yv = acc[r];
+            if let Some(d) = self.d {
+                for v in 0..NV {
+                    let col = (v0 + v) * W;
+                    yv[v] = load(&d[col..]).mul_add(load(&s.xp[l * pp + col..]), yv[v]);
+                }
+            }
+            if let Some(y) = self.y.as_mut() {
+                let mut row = y.row_mut(l);
+                let row = &mut row.as_slice_mut().expect("tile rows are contiguous")[cols.clone()];
+                let n = row.len();
+                for v in 0..NV {
+                    store_partial(&mut row[(v * W).min(n)..], yv[v]);
+                }
+            }
+            if let Some(z) = self.a.z {
+                let zrow = &z[self.xrow0 + l * xs..][cols.clone()];
+                for v in 0..NV {
+                    yv[v] *= silu(load_partial(&zrow[(v * W).min(zrow.len())..]));
+                }
+            }
+            let mut row = self.out.row_mut(l);
+            let row = &mut row.as_slice_mut().expect("tile rows are contiguous")[cols.clone()];
+            let n = row.len();
             for v in 0..NV {
-                let col = (v0 + v) * W;
-                let mut yv = acc[r][v];
-                if let Some(d) = self.d {
-                    yv = load(&d[col..]).mul_add(load(&s.xp[l * pp + col..]), yv);
-                }
-                if let Some(y) = self.y.as_mut() {
-                    let mut row = y.row_mut(l);
-                    let row = row.as_slice_mut().expect("tile rows are contiguous");
-                    store_partial(&mut row[col..], yv);
-                }
-                if let Some(z) = self.a.z {
-                    let zrow = &z[self.xrow0 + l * xs..][..np];
-                    yv *= silu(load_partial(&zrow[col..]));
-                }
-                let mut row = self.out.row_mut(l);
-                let row = row.as_slice_mut().expect("tile rows are contiguous");
-                store_partial(&mut row[col..], yv);
+                store_partial(&mut row[(v * W).min(n)..], yv[v]);
             }
         }
     }

@@ -11,10 +11,11 @@ use super::chunk_scan::{d_table, ScanArgs};
 use super::fused::scan_fused;
 use super::{ensure, flat, Geom, Seq};
 use crate::par::Par;
+use crate::validate::validate;
 use crate::SsdError;
 use ndarray::{Array4, ArrayViewMut4};
 use ssd_reference::validate::check_shape;
-use ssd_reference::{validate, Inputs, Options, Outputs};
+use ssd_reference::{Inputs, Options, Outputs};
 
 /// Intermediate buffers of the combined forward, kept between calls to avoid allocating (and
 /// first-touching) tens of MiB per call. Any workspace works for any problem; it grows as needed.
@@ -63,7 +64,7 @@ impl Workspace {
 /// `y_c = diag(e) C_c P_cᵀ + (L ∘ C_c B_cᵀ) diag(Δ) X_c` (+ `D x`, `z` gate), then
 /// `P_{c+1} = exp(a_last) P_c + Bᵀ diag(exp(a_last − a) Δ) X_c`.
 ///
-/// Validates once ([`ssd_reference::validate`]); every option of the reference is supported
+/// Validates once (the checks and errors of [`ssd_reference::validate`]); every option of the reference is supported
 /// (groups, `D` (h) or (h, p), `z`, `dt_bias`, softplus, `dt_limit`, `initial_states`,
 /// `seq_idx`, any chunk size, a ragged last chunk).
 ///

@@ -12,7 +12,7 @@ use super::chunk_scan::{emit_block, prepare_block, ScanArgs, Scratch};
 use super::chunk_state::{pn_to_slabs, slabs_to_pn};
 use super::Geom;
 use crate::par::{for_each_tile, split_mut, Par};
-use crate::simd::{load, prefetch_range, store, V, W};
+use crate::simd::{exp_nonpos, load, prefetch_range, store, V, W};
 use crate::tile::{fma_cols, for_tiles, TileOp};
 use ndarray::{s, ArrayViewMut2, ArrayViewMut4, Axis};
 
@@ -56,7 +56,7 @@ pub(crate) fn scan_fused(
     let scratch = || Fused {
         s: Scratch::new(g),
         xw: vec![0.0; g.q * g.pp],
-        w: vec![0.0; g.q],
+        w: vec![0.0; g.qp],
         state: vec![0.0; g.slab()],
     };
     for_each_tile(par, tiles, scratch, |f, (i, (mut out, fin))| {
@@ -118,13 +118,18 @@ fn update_state(
     let last = g.q - 1;
     let (hi_last, lo_last) = (f.s.hi[last], f.s.lo[last]);
     let last_id = a.seq.chunk_end(b, c);
-    for si in 0..len {
-        f.w[si] = if a.seq.id(b, t0 + si) == last_id {
-            let e = (hi_last - f.s.hi[si]) as f64 + (lo_last as f64 - f.s.lo[si] as f64);
-            (e.min(0.0).exp() * f.s.dt[si] as f64) as f32
-        } else {
-            0.0
-        };
+    let (hl, ll) = (V::splat(hi_last), V::splat(lo_last));
+    for j0 in (0..len).step_by(W) {
+        let x = (hl - load(&f.s.hi[j0..])) + (ll - load(&f.s.lo[j0..]));
+        let w = exp_nonpos(x.fast_min(V::ZERO)) * load(&f.s.dt[j0..]);
+        store(&mut f.w[j0..], w);
+    }
+    if a.seq.ids.is_some() {
+        for si in 0..len {
+            if a.seq.id(b, t0 + si) != last_id {
+                f.w[si] = 0.0;
+            }
+        }
     }
     let pp = g.pp;
     for si in 0..len {
