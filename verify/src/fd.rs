@@ -11,18 +11,20 @@
 //!
 //! Directions are *scaled*: [`Direction::random`] and [`Direction::coordinate`] give each input
 //! the size of that input (its RMS), so a step `t` perturbs every input by about `t` relative,
-//! and the scaled function `φ(t) = f(p + t v)` varies on a scale of order 1 in `t` (A, Δ and z
-//! enter through `exp`/softplus/sigmoid of O(1) arguments, the rest polynomially). The
-//! exceptions are `A`, `dt` and `dt_bias`. `A_h` gets its own size `|A_h|` (not the RMS over
-//! heads): the decay `exp(A_h S)` has derivatives `Sⁿ exp(A_h S) ≤ (n / (e|A_h|))ⁿ` whatever the
-//! span S, so `|A_h|` is its scale, and a head with `|A_h| = 1.3` moved by the RMS 7.6 measured
-//! 2e-6 (truncation) at h = 1e-3. (`A_h = 0` gets 1; a central difference there would need
-//! `A > 0`, which is invalid.) `dt` and `dt_bias`: they only move `u = dt + dt_bias`, and the loss varies
-//! with `u` on its own scale, not on that of their values: softplus on `u`-scale 1 and the decay
-//! `exp(Δ A)` on `Δ`-scale `1/|A|`. Both get the scale `min(1, 1/max_h |A_h|)`. (Their RMS was
-//! wrong both ways: a bias near 0 gave a step far below that scale, swamped by rounding, 5e-5
-//! measured; a bias of 0.4 moved Δ ≈ 0.02 with |A| ≈ 16 by 4 % per unit step, and truncation
-//! gave 1e-7 at h = 1e-3.)
+//! and the scaled function `φ(t) = f(p + t v)` varies on a scale of order 1 in `t` (x, B, C, D,
+//! z and the initial states enter polynomially or through `silu` of O(1) arguments).
+//!
+//! `A`, `dt` and `dt_bias` need their own scales. `A_h` gets `|A_h|` (not the RMS over heads):
+//! the decay `exp(A_h S)` has derivatives `Sⁿ exp(A_h S) ≤ (n / (e|A_h|))ⁿ` whatever the span
+//! S, so `|A_h|` is its scale; a head with `|A_h| = 1.3` moved by the RMS 7.6 measured 2e-6 of
+//! truncation at h = 1e-3. (`A_h = 0` gets 1; a central difference there would need `A > 0`,
+//! which is invalid.) `dt` and `dt_bias` only move `u = dt + dt_bias`, and the loss varies with
+//! Δ relatively: shifting every Δ of a head by δ moves the decay over its horizon
+//! (≈ 1/(|A|Δ) steps) by about δ/Δ. So each `dt` entry gets `Δ / (dΔ/du)` (≈ 1 through the
+//! softplus at `u ≪ 0`, Δ itself without it) and `dt_bias_h` the RMS of that over the head's
+//! tokens: a unit step changes every Δ by about itself. (Scaled by its own RMS, a bias of 2e-5
+//! got a step swamped by rounding, 5e-5 measured; even the scale 1/|A| = 0.5 left 4e-6 of
+//! truncation at h = 1e-3 for Δ ≈ 0.02 without softplus.)
 //!
 //! The error of a central difference is truncation plus rounding. Rounding is `≈ c·ε_f / h`
 //! with `ε_f ≈ ε·Σ|terms of f|` (ε = 2.2e-16), and it matters because a directional derivative
@@ -31,10 +33,11 @@
 //! step `h ≈ ε^{1/3} ≈ 6e-6` rounding is `ε_f/h ≈ 4e-11·|f|`, i.e. 1e-6 of such a small
 //! derivative (measured: 1.6e-6 on a drawn problem). The fourth-order formula truncates at
 //! `h⁴|φ⁽⁵⁾|/30`, so its best step is `h ≈ ε^{1/5} ≈ 7e-4`; at [`STEP`] = 1e-3 truncation is
-//! ≈ 3e-14·|φ⁽⁵⁾| and rounding ≈ 1.5·ε_f/h ≈ 3e-13·|f|. Measured on drawn problems: ≤ 1e-8 of
-//! the directional derivative where the two-point formula gave 1e-6, two orders below the 1e-6
-//! of `tolerance::FD_DIRECTIONAL`. Linear inputs may use a step of 1, where the formula is exact
-//! up to rounding (it is exact for polynomials of degree ≤ 4).
+//! ≈ 3e-14·|φ⁽⁵⁾| and rounding ≈ 1.5·ε_f/h ≈ 3e-13·|f|. Measured on drawn problems: ≤ 2e-8 of
+//! the directional derivative (beyond the rounding floor below) where the two-point formula
+//! gave 1e-6, a factor of 50 below the 1e-6 of `tolerance::FD_DIRECTIONAL`. Linear inputs may
+//! use a step of 1, where the formula is exact up to rounding (it is exact for polynomials of
+//! degree ≤ 4).
 //!
 //! No step resolves a derivative far below the function's terms (e.g. 10⁻⁸ of them, where every
 //! path through `A` is suppressed by a per-step decay of e⁻¹⁵): [`rounding_floor`] is that
@@ -162,14 +165,36 @@ fn a_scale(a: f64) -> f64 {
     }
 }
 
-/// The scale of a `dt` or `dt_bias` direction: `min(1, 1/max_h |A_h|)` (see the module docs).
-fn u_scale(a: &Array1<f64>) -> f64 {
-    let amax = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    if amax > 1.0 {
-        1.0 / amax
-    } else {
-        1.0
+/// Per-entry scales of a `dt` direction, `Δ / (dΔ/du)` before the clamp (see the module docs),
+/// and per-head scales of a `dt_bias` direction, their RMS over the head's tokens (1 if 0).
+fn u_scales(p: &Problem<f64>) -> (Array3<f64>, Array1<f64>) {
+    let (nb, l, nh) = p.dt.dim();
+    let mut s = Array3::<f64>::zeros((nb, l, nh));
+    let mut head = Array1::<f64>::zeros(nh);
+    for h in 0..nh {
+        let bias = p.dt_bias.as_ref().map_or(0.0, |v| v[h]);
+        let mut sq = 0.0;
+        for b in 0..nb {
+            for t in 0..l {
+                let u = p.dt[[b, t, h]] + bias;
+                let (v, slope) = if p.options.dt_softplus && u <= 20.0 {
+                    (u.exp().ln_1p(), 1.0 / (1.0 + (-u).exp()))
+                } else {
+                    (u, 1.0)
+                };
+                let si = if slope > 0.0 { v.abs() / slope } else { 0.0 };
+                s[[b, t, h]] = si;
+                sq += si * si;
+            }
+        }
+        let rms = (sq / (nb * l).max(1) as f64).sqrt();
+        head[h] = if rms > 0.0 && rms.is_finite() {
+            rms
+        } else {
+            1.0
+        };
     }
+    (s, head)
 }
 
 fn randn_like<D: Dimension>(a: &Array<f64, D>, rng: &mut Rng) -> Array<f64, D> {
@@ -197,12 +222,14 @@ impl Direction {
     }
 
     /// A random direction from `seed`: each entry N(0, 1) times the scale of its input (its RMS;
-    /// `|A_h|` for `A`, `min(1, 1/max|A|)` for `dt` and `dt_bias`; see the module docs).
+    /// `|A_h|` for `A`, `Δ / (dΔ/du)` for `dt` and its RMS per head for `dt_bias`; see the
+    /// module docs).
     pub fn random(p: &Problem<f64>, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
+        let (dt_scale, bias_scale) = u_scales(p);
         Direction {
             x: randn_like(&p.x, &mut rng),
-            dt: p.dt.map(|_| u_scale(&p.a) * rng.normal()),
+            dt: dt_scale.mapv(|sc| sc * rng.normal()),
             a: p.a.mapv(|v| a_scale(v) * rng.normal()),
             b: randn_like(&p.b, &mut rng),
             c: randn_like(&p.c, &mut rng),
@@ -211,7 +238,7 @@ impl Direction {
             dt_bias: p
                 .dt_bias
                 .as_ref()
-                .map(|v| v.map(|_| u_scale(&p.a) * rng.normal())),
+                .map(|_| bias_scale.mapv(|sc| sc * rng.normal())),
             initial_states: p.initial_states.as_ref().map(|v| randn_like(v, &mut rng)),
         }
     }
@@ -245,8 +272,14 @@ impl Direction {
         match input {
             Input::X => put!(dir.x, p.x),
             Input::Dt => {
+                let sc = u_scales(p)
+                    .0
+                    .into_dyn()
+                    .get(IxDyn(index))
+                    .copied()
+                    .unwrap_or(1.0);
                 let mut a = std::mem::take(&mut dir.dt).into_dyn();
-                set(&mut a, u_scale(&p.a))?;
+                set(&mut a, sc)?;
                 dir.dt = a.into_dimensionality().expect("same rank");
             }
             Input::A => {
@@ -271,7 +304,10 @@ impl Direction {
             }
             Input::DtBias => {
                 p.dt_bias.as_ref().ok_or_else(absent)?;
-                let s = u_scale(&p.a);
+                let s = index
+                    .first()
+                    .and_then(|&h| u_scales(p).1.get(h).copied())
+                    .unwrap_or(1.0);
                 let mut a = std::mem::take(dir.dt_bias.as_mut().ok_or_else(absent)?).into_dyn();
                 set(&mut a, s)?;
                 dir.dt_bias = Some(a.into_dimensionality().expect("same rank"));
