@@ -110,14 +110,14 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_reduce_kernel
 //   bracket[s, p] = e_s Σ_n B[s, n] dS[p, n] + Σ_{l≥s} CB[l, s] exp(a_l − a_s) dy[l, p]
 //   (e_s = [id_s = id_last] exp(a_last − a_s)); dx = Δ_s bracket + D dy;
 //   ddt_direct_s = Σ_p bracket[s, p] x[s, p] (summed in fixed order over the p tiles).
-extern "C" __global__ void __launch_bounds__(NT) bwd_dx_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
     const float* __restrict__ B, const float* __restrict__ cb, const float* __restrict__ dy,
     const float* __restrict__ dS, const float* __restrict__ D, int d_per_channel,
     const int* __restrict__ seq, float* __restrict__ dx, float* __restrict__ ddt_direct, i64 nb,
     i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
     __shared__ GemmSmem<4, 4> sm;
-    __shared__ float dsr[64], erow[64], dtr[64], dlk[BKK];
+    __shared__ float dsr[64], erow[64], dtr[64];
     const i64 ts = (q + 63) / 64;
     BlockIdx bi;
     const i64 st = bi.next(ts), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -155,40 +155,31 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_dx_kernel(
     const float* xb = x + ((b * l + c0) * nh + h) * np;
     float rowdot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const i64 tp = (np + 63) / 64;
-    const i64 lbeg = s0;  // CB[l, s] is read for l ≥ s only (the combined op leaves the rest unwritten)
+    // CB[l, s] is read for l ≥ s only (the combined op leaves the rest unwritten)
     for (i64 pt = 0; pt < tp; ++pt) {
         const i64 p0 = pt * 64;
         float acc[4][4];
         zero_acc(acc);
-        for (i64 k0 = 0; k0 < nn; k0 += BKK) {
-            gemm_step<4, 4, true, true>(
-                acc, sm, k0,
-                [&](int m, int kk, i64 k) -> float {
-                    const i64 s = s0 + m;
-                    return (s < len && k < nn) ? Bb[s * ng * nn + k] * erow[m] : 0.0f;
-                },
-                [&](int kk, int n, i64 k) -> float {
-                    const i64 p = p0 + n;
-                    return (k < nn && p < np) ? dSb[p * nn + k] : 0.0f;
-                });
-        }
-        for (i64 k0 = lbeg; k0 < len; k0 += BKK) {
-            if (threadIdx.x < BKK) {
-                const i64 li = k0 + threadIdx.x;
-                dlk[threadIdx.x] = li < len ? dac[li] : 0.0f;
-            }
-            __syncthreads();
-            gemm_step<4, 4, false, false>(
-                acc, sm, k0,
-                [&](int m, int kk, i64 li) -> float {
-                    const i64 s = s0 + m;
-                    return (s < len && li < len && li >= s) ? cbb[li * q + s] * expf(dlk[kk] - dsr[m]) : 0.0f;
-                },
-                [&](int kk, int n, i64 li) -> float {
-                    const i64 p = p0 + n;
-                    return (li < len && p < np) ? dyb[li * nh * np + p] : 0.0f;
-                });
-        }
+        gemm_loop<4, 4, true, true>(
+            acc, sm, 0, nn,
+            [&](int m, int kk, i64 k) -> float {
+                const i64 s = s0 + m;
+                return (s < len && k < nn) ? Bb[s * ng * nn + k] * erow[m] : 0.0f;
+            },
+            [&](int kk, int n, i64 k) -> float {
+                const i64 p = p0 + n;
+                return (k < nn && p < np) ? dSb[p * nn + k] : 0.0f;
+            });
+        gemm_loop<4, 4, false, false>(
+            acc, sm, s0, len,
+            [&](int m, int kk, i64 li) -> float {
+                const i64 s = s0 + m;
+                return (s < len && li < len && li >= s) ? cbb[li * q + s] * expf(dac[li] - dsr[m]) : 0.0f;
+            },
+            [&](int kk, int n, i64 li) -> float {
+                const i64 p = p0 + n;
+                return (li < len && p < np) ? dyb[li * nh * np + p] : 0.0f;
+            });
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const i64 s = s0 + ty * 4 + i;
@@ -221,7 +212,7 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_dx_kernel(
 // mode 0: X = x, M = dS, Y = B, w = [id = id_last] Δ exp(a_last − a)   (U → ddA_next)
 // mode 1: X = dy, M = P, Y = C, w = [id = id_prev] exp(a)               (V = ddacs_prev)
 // `accumulate`: out += instead of out =.
-extern "C" __global__ void __launch_bounds__(NT) bwd_dbc_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dbc_kernel(
     int mode, const float* __restrict__ X, const float* __restrict__ M, const float* __restrict__ Y,
     const float* __restrict__ dt, const float* __restrict__ dacs, const int* __restrict__ seq,
     float* __restrict__ out, float* __restrict__ part, int accumulate, i64 nb, i64 l, i64 nh, i64 np,
@@ -266,23 +257,21 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_dbc_kernel(
                 w = mode == 0 ? dtc[r] * expf(dac[q - 1] - dac[r]) : expf(dac[r]);
             wr[threadIdx.x] = w;
         }
-        // (the first gemm_step's barrier publishes wr and ys)
+        // (wr and ys are read after gemm_loop's barriers)
         const float* Xb = X + ((b * l + c0) * nh + h) * np;
         const float* Mb = M + ((b * nc + c) * nh + h) * np * nn;
         float acc[4][4];
         zero_acc(acc);
-        for (i64 k0 = 0; k0 < np; k0 += BKK) {
-            gemm_step<4, 4, true, false>(
-                acc, sm, k0,
-                [&](int m, int kk, i64 k) -> float {
-                    const i64 r = r0 + m;
-                    return (r < len && k < np) ? Xb[r * nh * np + k] : 0.0f;
-                },
-                [&](int kk, int n, i64 k) -> float {
-                    const i64 ni = n0 + n;
-                    return (k < np && ni < nn) ? Mb[k * nn + ni] : 0.0f;
-                });
-        }
+        gemm_loop<4, 4, true, false>(
+            acc, sm, 0, np,
+            [&](int m, int kk, i64 k) -> float {
+                const i64 r = r0 + m;
+                return (r < len && k < np) ? Xb[r * nh * np + k] : 0.0f;
+            },
+            [&](int kk, int n, i64 k) -> float {
+                const i64 ni = n0 + n;
+                return (k < np && ni < nn) ? Mb[k * nn + ni] : 0.0f;
+            });
         if (np == 0) __syncthreads();
         float pr[4];
 #pragma unroll
@@ -352,7 +341,7 @@ extern "C" __global__ void __launch_bounds__(NT) reduce_parts_kernel(
 
 // chunk_scan_bwd_dcb: per (b, c, g), 64 × 64 tile (l, s):
 //   dCB[l, s] = Σ_{h in g} Σ_p dy[l, p] x[s, p] Δ_s exp(a_l − a_s)  for s ≤ l, else 0.
-extern "C" __global__ void __launch_bounds__(NT) bwd_dcb_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
     const float* __restrict__ dy, float* __restrict__ dcb, i64 nb, i64 l, i64 nh, i64 np, i64 ng,
     i64 q, i64 nc) {
@@ -384,18 +373,16 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_dcb_kernel(
             const float* xb = x + ((b * l + c0) * nh + h) * np;
             float acc[4][4];
             zero_acc(acc);
-            for (i64 k0 = 0; k0 < np; k0 += BKK) {
-                gemm_step<4, 4, true, true>(
-                    acc, sm, k0,
-                    [&](int m, int kk, i64 k) -> float {
-                        const i64 li = l0 + m;
-                        return (li < len && k < np) ? dyb[li * nh * np + k] : 0.0f;
-                    },
-                    [&](int kk, int n, i64 k) -> float {
-                        const i64 si = s0 + n;
-                        return (si < len && k < np) ? xb[si * nh * np + k] : 0.0f;
-                    });
-            }
+            gemm_loop<4, 4, true, true>(
+                acc, sm, 0, np,
+                [&](int m, int kk, i64 k) -> float {
+                    const i64 li = l0 + m;
+                    return (li < len && k < np) ? dyb[li * nh * np + k] : 0.0f;
+                },
+                [&](int kk, int n, i64 k) -> float {
+                    const i64 si = s0 + n;
+                    return (si < len && k < np) ? xb[si * nh * np + k] : 0.0f;
+                });
             if (np == 0) __syncthreads();
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -427,7 +414,7 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_dcb_kernel(
 //   T_L[k] = Σ_{l ∈ L, l ≥ k} Σ_{s < k} W[l, s]   (k in (S.min, S.max + 1] for each S)
 // formed from row prefix sums (carried across S tiles) and column sums over l ≥ k — sums of
 // products, never differences. part[(b, h, c), L, k]; summed over L by reduce_parts (mode 0).
-extern "C" __global__ void __launch_bounds__(NT) bwd_ddacs_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
     const float* __restrict__ dy, const float* __restrict__ cb, float* __restrict__ part, i64 nb,
     i64 l, i64 nh, i64 np, i64 ng, i64 q, i64 nc) {
@@ -449,7 +436,8 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_ddacs_kernel(
     const float* dyb = dy + ((b * l + c0) * nh + h) * np;
     const float* xb = x + ((b * l + c0) * nh + h) * np;
     // k = 0 and k past this tile's rows get nothing from L
-    const i64 kmax = (l0 < len) ? min(q, l0 + 64) : 0;  // written below: k in [1, kmax]
+    // this tile writes k in [1, kmax] (positions are 0..q−1; rows l ≥ k exist in L up to l0 + 63)
+    const i64 kmax = (l0 < len) ? min(q - 1, l0 + 63) : 0;
     for (i64 k = threadIdx.x; k < q; k += NT)
         if (k == 0 || k > kmax) pb[k] = 0.0f;
     if (l0 >= len) return;
@@ -467,18 +455,16 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_ddacs_kernel(
         }
         float acc[4][4];
         zero_acc(acc);
-        for (i64 k0 = 0; k0 < np; k0 += BKK) {
-            gemm_step<4, 4, true, true>(
-                acc, sm, k0,
-                [&](int m, int kk, i64 k) -> float {
-                    const i64 li = l0 + m;
-                    return (li < len && k < np) ? dyb[li * nh * np + k] : 0.0f;
-                },
-                [&](int kk, int n, i64 k) -> float {
-                    const i64 si = s0 + n;
-                    return (si < len && k < np) ? xb[si * nh * np + k] : 0.0f;
-                });
-        }
+        gemm_loop<4, 4, true, true>(
+            acc, sm, 0, np,
+            [&](int m, int kk, i64 k) -> float {
+                const i64 li = l0 + m;
+                return (li < len && k < np) ? dyb[li * nh * np + k] : 0.0f;
+            },
+            [&](int kk, int n, i64 k) -> float {
+                const i64 si = s0 + n;
+                return (si < len && k < np) ? xb[si * nh * np + k] : 0.0f;
+            });
         if (np == 0) __syncthreads();
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -539,12 +525,12 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_ddacs_kernel(
 //                dC (mode 1): dC[l, n] (+)= Σ_s dCBm[l, s] B[s, n];
 // dCBm = dCB with the id mask and padding of bmm_chunk. `causal`: dCB is lower triangular
 // (the K range is cut to it). Per (b, c, g), 64 × 64 tile (token, n).
-extern "C" __global__ void __launch_bounds__(NT) bmm_chunk_bwd_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_bwd_kernel(
     int mode, const float* __restrict__ dcb, const float* __restrict__ Y, const int* __restrict__ seq,
     float* __restrict__ out, int accumulate, int causal, i64 nb, i64 l, i64 ng, i64 nn, i64 q,
     i64 nc) {
     __shared__ GemmSmem<4, 4> sm;
-    __shared__ int rid[64], kid[BKK];
+    __shared__ int rid[64];
     const i64 tq = (q + 63) / 64, tn = (nn + 63) / 64;
     BlockIdx bi;
     const i64 nt = bi.next(tn), rt = bi.next(tq), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
@@ -566,33 +552,27 @@ extern "C" __global__ void __launch_bounds__(NT) bmm_chunk_bwd_kernel(
         else kend = min(len, r0 + 64);       // s ≤ l
     }
     kbeg = (kbeg / BKK) * BKK;
-    for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
-        if (threadIdx.x < BKK) {
-            const i64 k = k0 + threadIdx.x;
-            kid[threadIdx.x] = k < len ? seq_at(seq, l, b, c0 + k) : -2;
-        }
-        __syncthreads();
-        auto lb = [&](int kk, int n, i64 k) -> float {
-            const i64 ni = n0 + n;
-            return (k < kend && ni < nn) ? Yb[k * ng * nn + ni] : 0.0f;
-        };
-        if (mode == 0) {
-            gemm_step<4, 4, false, false>(
-                acc, sm, k0,
-                [&](int m, int kk, i64 k) -> float {  // A[s = r0 + m, l = k] = dCB[l, s]
-                    const i64 s = r0 + m;
-                    return (k < kend && s < len && rid[m] == kid[kk]) ? db[k * q + s] : 0.0f;
-                },
-                lb);
-        } else {
-            gemm_step<4, 4, true, false>(
-                acc, sm, k0,
-                [&](int m, int kk, i64 k) -> float {  // A[l = r0 + m, s = k] = dCB[l, s]
-                    const i64 li = r0 + m;
-                    return (k < kend && li < len && rid[m] == kid[kk]) ? db[li * q + k] : 0.0f;
-                },
-                lb);
-        }
+    __syncthreads();  // rid
+    auto lb = [&](int kk, int n, i64 k) -> float {
+        const i64 ni = n0 + n;
+        return (k < kend && ni < nn) ? Yb[k * ng * nn + ni] : 0.0f;
+    };
+    if (mode == 0) {
+        gemm_loop<4, 4, false, false>(
+            acc, sm, kbeg, kend,
+            [&](int m, int kk, i64 k) -> float {  // A[s = r0 + m, l = k] = dCB[l, s]
+                const i64 s = r0 + m;
+                return (k < kend && s < len && rid[m] == seq_at(seq, l, b, c0 + k)) ? db[k * q + s] : 0.0f;
+            },
+            lb);
+    } else {
+        gemm_loop<4, 4, true, false>(
+            acc, sm, kbeg, kend,
+            [&](int m, int kk, i64 k) -> float {  // A[l = r0 + m, s = k] = dCB[l, s]
+                const i64 li = r0 + m;
+                return (k < kend && li < len && rid[m] == seq_at(seq, l, b, c0 + k)) ? db[li * q + k] : 0.0f;
+            },
+            lb);
     }
     const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
     float* ob = out + ((b * l + c0) * ng + g) * nn;
