@@ -35,7 +35,10 @@ pub use forward::bmm_chunk::bmm_chunk;
 pub use forward::chunk_cumsum::chunk_cumsum;
 pub use forward::chunk_scan::chunk_scan;
 pub use forward::chunk_state::chunk_state;
-pub use forward::combined::{mamba_chunk_scan_combined, mamba_chunk_scan_combined_into, Workspace};
+pub use forward::combined::{
+    mamba_chunk_scan_combined, mamba_chunk_scan_combined_into, ssd_chunked, ssd_recurrent,
+    Workspace,
+};
 pub use forward::state_passing::state_passing;
 pub use norm::{rmsnorm_gated, swiglu};
 pub use par::Par;

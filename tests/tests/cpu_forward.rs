@@ -95,8 +95,9 @@ proptest! {
         }
     }
 
-    /// The combined forward against the float64 chunked reference, at the drawn chunk size and
-    /// at Q = 1, Q = 64 and Q > l.
+    /// The combined forward (and `ssd_chunked`) against the float64 chunked reference, at the
+    /// drawn chunk size and at Q = 1, Q = 64 and Q > l; `ssd_recurrent` against the float64
+    /// recurrence.
     #[test]
     fn combined_matches_reference(p in problem()) {
         let (p64, p32) = rounded(&p);
@@ -107,7 +108,13 @@ proptest! {
             let want = ssd_reference::ssd_chunked(&p64.inputs(), &opts).unwrap();
             check!(format!("combined out Q={q}"), got.out, want.out);
             check!(format!("combined final_states Q={q}"), got.final_states, want.final_states);
+            let chunked = ssd_cpu::ssd_chunked(&p32.inputs(), &opts, two()).unwrap();
+            prop_assert!(same_bits(&chunked.out, &got.out));
         }
+        let rec = ssd_cpu::ssd_recurrent(&p32.inputs(), &p.options, two()).unwrap();
+        let want = ssd_reference::ssd_recurrent(&p64.inputs(), &p64.options).unwrap();
+        check!("recurrent out", rec.out, want.out);
+        check!("recurrent final_states", rec.final_states, want.final_states);
     }
 
     /// Unrolling the decode step over the tokens equals the combined forward (and the float64
@@ -187,6 +194,9 @@ proptest! {
         let c = ssd_cpu::mamba_chunk_scan_combined(&p32.inputs(), &p32.options, Par::Seq).unwrap();
         prop_assert!(same_bits(&a.out, &b.out) && same_bits(&a.final_states, &b.final_states));
         prop_assert!(same_bits(&a.out, &c.out) && same_bits(&a.final_states, &c.final_states));
+        let r1 = ssd_cpu::ssd_recurrent(&p32.inputs(), &p32.options, two()).unwrap();
+        let r2 = ssd_cpu::ssd_recurrent(&p32.inputs(), &p32.options, Par::Seq).unwrap();
+        prop_assert!(same_bits(&r1.out, &r2.out) && same_bits(&r1.final_states, &r2.final_states));
         let mut spec_p = p32.clone();
         spec_p.seq_idx = None;
         let (s1, o1) = unroll_decode(&spec_p, two());

@@ -9,6 +9,7 @@ use super::bmm_chunk::bmm_chunk_core;
 use super::chunk_cumsum::chunk_cumsum_core;
 use super::chunk_scan::{d_table, ScanArgs};
 use super::fused::scan_fused;
+use super::recurrent::recurrent_core;
 use super::{ensure, flat, Geom, Seq};
 use crate::par::Par;
 use crate::validate::validate;
@@ -98,6 +99,47 @@ pub fn mamba_chunk_scan_combined(
     options: &Options,
     par: Par,
 ) -> Result<Outputs<f32>, SsdError> {
+    run_owned(inputs, options, Algorithm::Auto, par)
+}
+
+/// The SSD forward by the literal recurrence (the f32 twin of [`ssd_reference::ssd_recurrent`]):
+/// per (batch, head) the state is updated token by token in L1, SIMD along n. Same inputs,
+/// options, validation and outputs as [`mamba_chunk_scan_combined`] (`chunk_size` plays no part).
+pub fn ssd_recurrent(
+    inputs: &Inputs<'_, f32>,
+    options: &Options,
+    par: Par,
+) -> Result<Outputs<f32>, SsdError> {
+    run_owned(inputs, options, Algorithm::Recurrent, par)
+}
+
+/// The SSD forward by the chunked algorithm (the f32 twin of [`ssd_reference::ssd_chunked`]),
+/// whatever the shape; see [`mamba_chunk_scan_combined`].
+pub fn ssd_chunked(
+    inputs: &Inputs<'_, f32>,
+    options: &Options,
+    par: Par,
+) -> Result<Outputs<f32>, SsdError> {
+    run_owned(inputs, options, Algorithm::Chunked, par)
+}
+
+/// Which form computes the forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    Chunked,
+    Recurrent,
+    /// What [`mamba_chunk_scan_combined`] runs: the chunked form at every shape. The
+    /// recurrence was measured 2.3–3× slower at S1 and S2 (CPU time, one thread), so no shape
+    /// picks it.
+    Auto,
+}
+
+fn run_owned(
+    inputs: &Inputs<'_, f32>,
+    options: &Options,
+    alg: Algorithm,
+    par: Par,
+) -> Result<Outputs<f32>, SsdError> {
     let d = validate(inputs, options)?;
     let mut out = Array4::<f32>::zeros((d.batch, d.seqlen, d.nheads, d.headdim));
     let mut fin = Array4::<f32>::zeros((d.batch, d.nheads, d.headdim, d.dstate));
@@ -108,6 +150,7 @@ pub fn mamba_chunk_scan_combined(
         out.view_mut(),
         fin.as_slice_mut().expect("owned array is contiguous"),
         &mut Workspace::new(),
+        alg,
         par,
     );
     Ok(Outputs {
@@ -144,10 +187,28 @@ pub fn mamba_chunk_scan_combined_into(
         None => fin_tmp.insert(vec![0.0f32; final_states.len()]),
     };
     if out.is_standard_layout() {
-        forward(inputs, options, d, out.view_mut(), fin, workspace, par);
+        forward(
+            inputs,
+            options,
+            d,
+            out.view_mut(),
+            fin,
+            workspace,
+            Algorithm::Auto,
+            par,
+        );
     } else {
         let mut tmp = Array4::<f32>::zeros(out.raw_dim());
-        forward(inputs, options, d, tmp.view_mut(), fin, workspace, par);
+        forward(
+            inputs,
+            options,
+            d,
+            tmp.view_mut(),
+            fin,
+            workspace,
+            Algorithm::Auto,
+            par,
+        );
         out.assign(&tmp);
     }
     if let Some(f) = fin_tmp {
@@ -177,9 +238,14 @@ fn forward(
     out: ArrayViewMut4<'_, f32>,
     final_states: &mut [f32],
     ws: &mut Workspace,
+    alg: Algorithm,
     par: Par,
 ) {
     let g = Geom::new(dims, block_size(dims.seqlen, options.chunk_size));
+    if alg == Algorithm::Recurrent {
+        recurrent_core(&g, inputs, options, out, final_states, par);
+        return;
+    }
     let x = flat(&inputs.x);
     let dt_in = flat(&inputs.dt);
     let a = flat(&inputs.a);

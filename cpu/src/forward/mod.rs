@@ -13,6 +13,7 @@ pub(crate) mod chunk_scan;
 pub(crate) mod chunk_state;
 pub(crate) mod combined;
 pub(crate) mod fused;
+pub(crate) mod recurrent;
 pub(crate) mod state_passing;
 
 use crate::simd::pad;
