@@ -7,7 +7,10 @@
 //!   cumsum value `a_j` is the row sum minus the column sum of W, both of which the forward and
 //!   backward already have: `Σ_p out_x_j·dy_j − ddt_j·Δ_j`, with `out_x` the intra-chunk part of
 //!   the output and `ddt_j = Σ_p x_j[p] Σ_{l ≥ j} CB[l, j] exp(a_l − a_j) dy_l[p]` its adjoint
-//!   through `Δ_j`; a reverse cumsum within the chunk turns it into `ddA_intra_k`. Row and column
+//!   through `Δ_j`; a reverse cumsum within the chunk turns it into `ddA_intra_k`. (Upstream's
+//!   `out_x` also holds the state term `exp(a_l) C_l·P_c`, so its closed form equals
+//!   `intra + prev`; `tests/tests/reference_backward.rs` checks that one. The state term adds no
+//!   cancellation, so here the intra part alone is compared with the intra kernel.) Row and column
 //!   share the diagonal `W[j, j]` and cancel it: when the decay is strong the off-diagonal pairs
 //!   are smaller than the diagonal by `exp(−Δ|A|)`, so the answer is a small difference of large,
 //!   nearly equal numbers, and each rounding of size `ε |W[j, j]|` survives.

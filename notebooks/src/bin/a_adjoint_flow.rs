@@ -49,7 +49,13 @@ const UNIFORM_DT: f64 = 0.03;
 
 fn main() -> Result<(), Box<dyn Error>> {
     let start = Instant::now();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The report goes to notebooks/ and the figures to notebooks/figures/, or under
+    // $SSD_NOTEBOOK_OUT when set (e.g. on a machine without this checkout).
+    let dir = std::env::var_os("SSD_NOTEBOOK_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let dir = dir.as_path();
+    std::fs::create_dir_all(dir)?;
     let fig_dir = dir.join("figures");
     let font = figure::load_font();
     let (backends, backend_notes) = backends();
@@ -186,11 +192,9 @@ struct Data {
 fn backends() -> (Vec<Backend<'static>>, Vec<String>) {
     let mut list = Vec::new();
     let mut notes = Vec::new();
-    notes.push(
-        "CPU f32: ssd-cpu has no combined backward yet (mamba_chunk_scan_combined_bwd); \
-         not run"
-            .to_string(),
-    );
+    // ssd-cpu's combined backward is not committed yet; when it is, this becomes a Backend
+    // calling ssd_cpu::mamba_chunk_scan_combined_bwd(…, ssd_cpu::Par::rayon(0)).
+    notes.push("CPU f32: not run (ssd-cpu has no combined backward in this revision)".to_string());
     match ssd_gpu::Gpu::new() {
         Ok(gpu) => {
             let name = format!("CUDA f32 ({})", gpu.name());
@@ -738,7 +742,7 @@ struct StabilityFigure<'a> {
 
 impl Figure for StabilityFigure<'_> {
     fn size(&self) -> (u32, u32) {
-        (1600, 1150)
+        (1600, 1180)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
@@ -839,15 +843,25 @@ impl Figure for StabilityFigure<'_> {
                 }
             }
         }
-        // One legend for all panels.
-        let mut x = 20;
+        // One legend for all panels, wrapped to the figure's width.
+        let width = legend_area.dim_in_pixel().0 as i32;
+        let (mut x, mut y) = (20, 25);
         for (name, c, w) in &styles {
+            let step = 60 + 9 * name.chars().count() as i32;
+            if x + step > width && x > 20 {
+                x = 20;
+                y += 32;
+            }
             legend_area.draw(&PathElement::new(
-                vec![(x, 40), (x + 30, 40)],
+                vec![(x, y), (x + 30, y)],
                 c.stroke_width(*w + 1),
             ))?;
-            legend_area.draw(&Text::new(name.clone(), (x + 38, 32), ("sans-serif", 16)))?;
-            x += 60 + 9 * name.len() as i32;
+            legend_area.draw(&Text::new(
+                name.clone(),
+                (x + 38, y - 8),
+                ("sans-serif", 16),
+            ))?;
+            x += step;
         }
         Ok(())
     }
@@ -899,6 +913,8 @@ impl Figure for BackendFigure<'_> {
                 .disable_x_mesh()
                 .x_desc("position t")
                 .y_desc("contribution")
+                .x_labels(5)
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .label_style(("sans-serif", 12))
                 .draw()?;
             let c = series_color(k);
@@ -951,6 +967,8 @@ impl Figure for BackendFigure<'_> {
                 .disable_x_mesh()
                 .x_desc("position t")
                 .y_desc("error (log)")
+                .x_labels(5)
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_label_formatter(&|y| format!("{y:.0e}"))
                 .label_style(("sans-serif", 12))
                 .draw()?;
@@ -1146,7 +1164,10 @@ fn report(
          `ddA_intra_k = Σ_(l ≥ k > s) W[l,s]`. The **closed form** (upstream's old \
          `_chunk_scan_bwd_ddAcs_unstable`) takes the gradient w.r.t. each cumsum value as \
          `Σ_p out_x·dy − ddt·Δ` (row sum minus column sum of W, both of which the backward has \
-         anyway) and reverse-cumsums it. Row and column sums share the diagonal `W[j,j]`, which \
+         anyway; here `out_x` is the intra-chunk part of the output — upstream's also holds the \
+         state term and so yields `intra + prev`, which `tests/tests/reference_backward.rs` \
+         checks — the state term adds no cancellation) and reverse-cumsums it. Row and column \
+         sums share the diagonal `W[j,j]`, which \
          cancels: when a step decays strongly (κ = Δ·|A| large) the pairs that remain are \
          smaller than the diagonal by about `e^(−κ)`, so the answer is a small difference of \
          large nearly equal numbers and its error is about ε·e^κ. The **stable** kernel \
@@ -1209,8 +1230,45 @@ fn report(
          (Δ ≪ mean), so pairs across them survive the decay and the cancellation is milder; \
          there both forms also lose accuracy as κ·l grows, because the f32 cumsum `a_l` grows to \
          κ·l and its rounding enters every `exp(a_l − a_s)` — the reason chunks stay short \
-         (Q ≤ 256) and cumsums are chunk-local.\n"
+         (Q ≤ 256) and cumsums are chunk-local. The notebook's own f32 loops are the plain \
+         formulas (a sequential f32 cumsum, sequential sums); the backends' intra kernels \
+         (table columns and the green/purple lines, where a backend ran) may do better: ssd-cpu, \
+         for one, keeps the cumsum in f64 split into a high and a low f32 part \
+         (`cpu/src/forward/chunk_cumsum.rs`), so its exponent differences carry no cumsum \
+         rounding.\n"
     );
+
+    for (i, name) in d.backend_names.iter().enumerate() {
+        for (title, rows) in [
+            ("uniform Δ", &d.stab_uniform),
+            ("upstream Δ", &d.stab_upstream),
+        ] {
+            let worst = rows
+                .iter()
+                .filter_map(|r| match r.backends.get(i) {
+                    Some((_, Ok(e))) => Some((*e, r.seqlen, r.kappa)),
+                    _ => None,
+                })
+                .fold((0.0, 0, 0.0), |m, v| if v.0 > m.0 { v } else { m });
+            let worst_256 = rows
+                .iter()
+                .filter(|r| r.seqlen <= 256)
+                .filter_map(|r| match r.backends.get(i) {
+                    Some((_, Ok(e))) => Some(*e),
+                    _ => None,
+                })
+                .fold(0.0, f64::max);
+            let _ = writeln!(
+                w,
+                "- {name}, {title}: largest intra error {:.1e} (at l = {}, κ = {}); \
+                 {:.1e} over the chunks of length ≤ 256.",
+                worst.0, worst.1, worst.2, worst_256
+            );
+        }
+    }
+    if !d.backend_names.is_empty() {
+        let _ = writeln!(w);
+    }
 
     // 5
     let _ = writeln!(w, "## 5. The f32 backends over float64\n");
@@ -1273,6 +1331,12 @@ fn report(
              `SSD_NOTEBOOK_FONT` to a `.ttf` file).\n"
         );
     }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _ = writeln!(
+        w,
+        "Wall-clock seconds of this run ({threads} CPU threads; the float64 reference is \
+         single-threaded):\n"
+    );
     let _ = writeln!(w, "| step | seconds |\n|---|---|");
     for (n, t) in times {
         let _ = writeln!(w, "| {n} | {t:.2} |");
