@@ -55,8 +55,8 @@ extern "C" __global__ void __launch_bounds__(NT) sum_rows_kernel(
 // ddA_chunk partial = ⟨P_c, G_c⟩ over the slice → part[(b, h, c), slice].
 #define SP_EPT 8
 extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_kernel(
-    const float* __restrict__ prev, const float* __restrict__ dacs, const float* __restrict__ dprev,
-    const float* __restrict__ dfinal, const int* __restrict__ seq, float* __restrict__ dstates,
+    const float* __restrict__ prev, const float* __restrict__ dacs, const float* __restrict__ dlo,
+    const float* __restrict__ dprev, const float* __restrict__ dfinal, const int* __restrict__ seq, float* __restrict__ dstates,
     float* __restrict__ dinit, float* __restrict__ part, i64 nb, i64 l, i64 nh, i64 pn, i64 q,
     i64 nc, i64 nsplit) {
     __shared__ float red[32];
@@ -71,7 +71,8 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_kernel(
     }
     for (i64 c = nc - 1; c >= 0; --c) {
         const bool same = chunk_end_id(seq, l, q, b, c) == prev_end_id(seq, l, q, b, c);
-        const float decay = same ? expf(dacs[((b * nh + h) * nc + c) * q + q - 1]) : 0.0f;
+        const i64 il = ((b * nh + h) * nc + c) * q + q - 1;
+        const float decay = same ? exp_hl(dacs[il], lo_at(dlo, il)) : 0.0f;
         const i64 ob = ((b * nc + c) * nh + h) * pn;
         float dot = 0.0f;
 #pragma unroll
@@ -95,15 +96,15 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_kernel(
 
 // ddA_chunk[b, h, c] = [same] exp(a_last,c) Σ_slices part.
 extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_reduce_kernel(
-    const float* __restrict__ part, const float* __restrict__ dacs, const int* __restrict__ seq,
-    float* __restrict__ ddA_chunk, i64 nb, i64 l, i64 nh, i64 q, i64 nc, i64 nsplit) {
+    const float* __restrict__ part, const float* __restrict__ dacs, const float* __restrict__ dlo,
+    const int* __restrict__ seq, float* __restrict__ ddA_chunk, i64 nb, i64 l, i64 nh, i64 q, i64 nc, i64 nsplit) {
     const i64 idx = (i64)blockIdx.x * NT + threadIdx.x;
     if (idx >= nb * nh * nc) return;
     const i64 c = idx % nc, b = idx / (nc * nh);
     float s = 0.0f;
     for (i64 k = 0; k < nsplit; ++k) s += part[idx * nsplit + k];
     const bool same = chunk_end_id(seq, l, q, b, c) == prev_end_id(seq, l, q, b, c);
-    ddA_chunk[idx] = same ? expf(dacs[idx * q + q - 1]) * s : 0.0f;
+    ddA_chunk[idx] = same ? exp_hl(dacs[idx * q + q - 1], lo_at(dlo, idx * q + q - 1)) * s : 0.0f;
 }
 
 // chunk_scan_chunk_state_bwd_dx: per (b, c, h) and 64-row tile of tokens s, all p tiles in turn:
@@ -112,12 +113,13 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_reduce_kernel
 //   ddt_direct_s = Σ_p bracket[s, p] x[s, p] (summed in fixed order over the p tiles).
 extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
-    const float* __restrict__ B, const float* __restrict__ cb, const float* __restrict__ dy,
+    const float* __restrict__ dlo, const float* __restrict__ B, const float* __restrict__ cb,
+    const float* __restrict__ dy,
     const float* __restrict__ dS, const float* __restrict__ D, int d_per_channel,
     const int* __restrict__ seq, float* __restrict__ dx, float* __restrict__ ddt_direct, i64 nb,
     i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
     __shared__ GemmSmem<4, 4> sm;
-    __shared__ float dsr[64], erow[64], dtr[64];
+    __shared__ float dsr[64], dsl[64], erow[64], dtr[64];
     const i64 ts = (q + 63) / 64;
     BlockIdx bi;
     const i64 st = bi.next(ts), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -134,16 +136,19 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
         return;
     }
     const int lid = chunk_end_id(seq, l, q, b, c);
-    const float a_last = dac[q - 1];
+    const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
+    const float a_last = dac[q - 1], lo_last = lo_at(dlc, q - 1);
     if (threadIdx.x < 64) {
         const i64 s = s0 + threadIdx.x;
-        float a = 0.0f, e = 0.0f, d = 0.0f;
+        float a = 0.0f, al = 0.0f, e = 0.0f, d = 0.0f;
         if (s < len) {
             a = dac[s];
+            al = lo_at(dlc, s);
             d = dtc[s];
-            if (seq_at(seq, l, b, c0 + s) == lid) e = expf(a_last - a);
+            if (seq_at(seq, l, b, c0 + s) == lid) e = exp_seg(a_last, lo_last, a, al);
         }
         dsr[threadIdx.x] = a;
+        dsl[threadIdx.x] = al;
         erow[threadIdx.x] = e;
         dtr[threadIdx.x] = d;
     }
@@ -162,23 +167,29 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
         zero_acc(acc);
         gemm_loop<4, 4, true, true>(
             acc, sm, 0, nn,
-            [&](int m, int kk, i64 k) -> float {
+            [&](int m, i64 k) -> float4 {  // B[s, k .. + 4) e_s
                 const i64 s = s0 + m;
-                return (s < len && k < nn) ? Bb[s * ng * nn + k] * erow[m] : 0.0f;
+                return s < len ? f4_scale(ld4(Bb + s * ng * nn, k, nn), erow[m]) : f4_zero();
             },
-            [&](int kk, int n, i64 k) -> float {
+            [&](int n, i64 k) -> float4 {  // dS[p, k .. + 4)
                 const i64 p = p0 + n;
-                return (k < nn && p < np) ? dSb[p * nn + k] : 0.0f;
+                return p < np ? ld4(dSb + p * nn, k, nn) : f4_zero();
             });
         gemm_loop<4, 4, false, false>(
             acc, sm, s0, len,
-            [&](int m, int kk, i64 li) -> float {
+            [&](int m, i64 li) -> float4 {  // CB[l, s .. + 4) exp(a_l − a_s), s ≤ l
                 const i64 s = s0 + m;
-                return (s < len && li < len && li >= s) ? cbb[li * q + s] * expf(dac[li] - dsr[m]) : 0.0f;
+                if (li >= len || s > li) return f4_zero();
+                float4 v = ld4(cbb + li * q, s, li + 1);
+                const float a = dac[li], al = lo_at(dlc, li);
+                v.x *= exp_seg(a, al, dsr[m], dsl[m]);
+                if (s + 1 <= li) v.y *= exp_seg(a, al, dsr[m + 1], dsl[m + 1]);
+                if (s + 2 <= li) v.z *= exp_seg(a, al, dsr[m + 2], dsl[m + 2]);
+                if (s + 3 <= li) v.w *= exp_seg(a, al, dsr[m + 3], dsl[m + 3]);
+                return v;
             },
-            [&](int kk, int n, i64 li) -> float {
-                const i64 p = p0 + n;
-                return (li < len && p < np) ? dyb[li * nh * np + p] : 0.0f;
+            [&](int n, i64 li) -> float4 {  // dy[l, p .. + 4)
+                return li < len ? ld4(dyb + li * nh * np, p0 + n, np) : f4_zero();
             });
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -214,8 +225,8 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
 // `accumulate`: out += instead of out =.
 extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dbc_kernel(
     int mode, const float* __restrict__ X, const float* __restrict__ M, const float* __restrict__ Y,
-    const float* __restrict__ dt, const float* __restrict__ dacs, const int* __restrict__ seq,
-    float* __restrict__ out, float* __restrict__ part, int accumulate, i64 nb, i64 l, i64 nh, i64 np,
+    const float* __restrict__ dt, const float* __restrict__ dacs, const float* __restrict__ dlo,
+    const int* __restrict__ seq, float* __restrict__ out, float* __restrict__ part, int accumulate, i64 nb, i64 l, i64 nh, i64 np,
     i64 ng, i64 nn, i64 q, i64 nc) {
     __shared__ GemmSmem<4, 4> sm;
     __shared__ __align__(16) float ys[64][68];
@@ -250,11 +261,13 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dbc_kernel(
         const i64 h = g * hpg + hh;
         const float* dtc = dt + ((b * nh + h) * nc + c) * q;
         const float* dac = dacs + ((b * nh + h) * nc + c) * q;
+        const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
         if (threadIdx.x < 64) {
             const i64 r = r0 + threadIdx.x;
             float w = 0.0f;
             if (r < len && seq_at(seq, l, b, c0 + r) == ref_id)
-                w = mode == 0 ? dtc[r] * expf(dac[q - 1] - dac[r]) : expf(dac[r]);
+                w = mode == 0 ? dtc[r] * exp_seg(dac[q - 1], lo_at(dlc, q - 1), dac[r], lo_at(dlc, r))
+                              : exp_hl(dac[r], lo_at(dlc, r));
             wr[threadIdx.x] = w;
         }
         // (wr and ys are read after gemm_loop's barriers)
@@ -264,13 +277,12 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dbc_kernel(
         zero_acc(acc);
         gemm_loop<4, 4, true, false>(
             acc, sm, 0, np,
-            [&](int m, int kk, i64 k) -> float {
+            [&](int m, i64 k) -> float4 {  // X[r, k .. + 4)
                 const i64 r = r0 + m;
-                return (r < len && k < np) ? Xb[r * nh * np + k] : 0.0f;
+                return r < len ? ld4(Xb + r * nh * np, k, np) : f4_zero();
             },
-            [&](int kk, int n, i64 k) -> float {
-                const i64 ni = n0 + n;
-                return (k < np && ni < nn) ? Mb[k * nn + ni] : 0.0f;
+            [&](int n, i64 k) -> float4 {  // M[k, n .. + 4)
+                return k < np ? ld4(Mb + k * nn, n0 + n, nn) : f4_zero();
             });
         if (np == 0) __syncthreads();
         float pr[4];
@@ -343,10 +355,10 @@ extern "C" __global__ void __launch_bounds__(NT) reduce_parts_kernel(
 //   dCB[l, s] = Σ_{h in g} Σ_p dy[l, p] x[s, p] Δ_s exp(a_l − a_s)  for s ≤ l, else 0.
 extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
-    const float* __restrict__ dy, float* __restrict__ dcb, i64 nb, i64 l, i64 nh, i64 np, i64 ng,
+    const float* __restrict__ dlo, const float* __restrict__ dy, float* __restrict__ dcb, i64 nb, i64 l, i64 nh, i64 np, i64 ng,
     i64 q, i64 nc) {
     __shared__ GemmSmem<4, 4> sm;
-    __shared__ float dlr[64], dsc[64], dtc_s[64];
+    __shared__ float dlr[64], dsc[64], dlrl[64], dscl[64], dtc_s[64];
     const i64 tq = (q + 63) / 64;
     BlockIdx bi;
     const i64 st = bi.next(tq), lt = bi.next(tq), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
@@ -363,10 +375,13 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
             const i64 h = g * hpg + hh;
             const float* dtc = dt + ((b * nh + h) * nc + c) * q;
             const float* dac = dacs + ((b * nh + h) * nc + c) * q;
+            const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
             if (threadIdx.x < 64) {
                 const i64 li = l0 + threadIdx.x, si = s0 + threadIdx.x;
                 dlr[threadIdx.x] = li < len ? dac[li] : 0.0f;
                 dsc[threadIdx.x] = si < len ? dac[si] : 0.0f;
+                dlrl[threadIdx.x] = li < len ? lo_at(dlc, li) : 0.0f;
+                dscl[threadIdx.x] = si < len ? lo_at(dlc, si) : 0.0f;
                 dtc_s[threadIdx.x] = si < len ? dtc[si] : 0.0f;
             }
             const float* dyb = dy + ((b * l + c0) * nh + h) * np;
@@ -375,13 +390,13 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
             zero_acc(acc);
             gemm_loop<4, 4, true, true>(
                 acc, sm, 0, np,
-                [&](int m, int kk, i64 k) -> float {
+                [&](int m, i64 k) -> float4 {  // dy[l, k .. + 4)
                     const i64 li = l0 + m;
-                    return (li < len && k < np) ? dyb[li * nh * np + k] : 0.0f;
+                    return li < len ? ld4(dyb + li * nh * np, k, np) : f4_zero();
                 },
-                [&](int kk, int n, i64 k) -> float {
+                [&](int n, i64 k) -> float4 {  // x[s, k .. + 4)
                     const i64 si = s0 + n;
-                    return (si < len && k < np) ? xb[si * nh * np + k] : 0.0f;
+                    return si < len ? ld4(xb + si * nh * np, k, np) : f4_zero();
                 });
             if (np == 0) __syncthreads();
 #pragma unroll
@@ -391,7 +406,10 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
                 for (int j = 0; j < 4; ++j) {
                     const i64 si = s0 + tx * 4 + j;
                     if (si <= li && li < len)
-                        oacc[i][j] = fmaf(acc[i][j], dtc_s[tx * 4 + j] * expf(dlr[ty * 4 + i] - dsc[tx * 4 + j]), oacc[i][j]);
+                        oacc[i][j] = fmaf(acc[i][j],
+                                          dtc_s[tx * 4 + j] * exp_seg(dlr[ty * 4 + i], dlrl[ty * 4 + i],
+                                                                      dsc[tx * 4 + j], dscl[tx * 4 + j]),
+                                          oacc[i][j]);
                 }
             }
             __syncthreads();
@@ -416,11 +434,12 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
 // products, never differences. part[(b, h, c), L, k]; summed over L by reduce_parts (mode 0).
 extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
-    const float* __restrict__ dy, const float* __restrict__ cb, float* __restrict__ part, i64 nb,
+    const float* __restrict__ dlo, const float* __restrict__ dy, const float* __restrict__ cb,
+    float* __restrict__ part, i64 nb,
     i64 l, i64 nh, i64 np, i64 ng, i64 q, i64 nc) {
     __shared__ GemmSmem<4, 4> sm;
     __shared__ float Ws[64][65];
-    __shared__ float dlr[64], dsc[64], dts[64], carry[64];
+    __shared__ float dlr[64], dsc[64], dlrl[64], dscl[64], dts[64], carry[64];
     const i64 tq = (q + 63) / 64;
     BlockIdx bi;
     const i64 lt = bi.next(tq), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -432,6 +451,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
     float* pb = part + (((b * nh + h) * nc + c) * tq + lt) * q;
     const float* dtc = dt + ((b * nh + h) * nc + c) * q;
     const float* dac = dacs + ((b * nh + h) * nc + c) * q;
+    const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
     const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
     const float* dyb = dy + ((b * l + c0) * nh + h) * np;
     const float* xb = x + ((b * l + c0) * nh + h) * np;
@@ -444,6 +464,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
     if (threadIdx.x < 64) {
         const i64 li = l0 + threadIdx.x;
         dlr[threadIdx.x] = li < len ? dac[li] : 0.0f;
+        dlrl[threadIdx.x] = li < len ? lo_at(dlc, li) : 0.0f;
         carry[threadIdx.x] = 0.0f;
     }
     for (i64 st = 0; st <= lt; ++st) {
@@ -451,19 +472,20 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
         if (threadIdx.x < 64) {
             const i64 si = s0 + threadIdx.x;
             dsc[threadIdx.x] = si < len ? dac[si] : 0.0f;
+            dscl[threadIdx.x] = si < len ? lo_at(dlc, si) : 0.0f;
             dts[threadIdx.x] = si < len ? dtc[si] : 0.0f;
         }
         float acc[4][4];
         zero_acc(acc);
         gemm_loop<4, 4, true, true>(
             acc, sm, 0, np,
-            [&](int m, int kk, i64 k) -> float {
+            [&](int m, i64 k) -> float4 {  // dy[l, k .. + 4)
                 const i64 li = l0 + m;
-                return (li < len && k < np) ? dyb[li * nh * np + k] : 0.0f;
+                return li < len ? ld4(dyb + li * nh * np, k, np) : f4_zero();
             },
-            [&](int kk, int n, i64 k) -> float {
+            [&](int n, i64 k) -> float4 {  // x[s, k .. + 4)
                 const i64 si = s0 + n;
-                return (si < len && k < np) ? xb[si * nh * np + k] : 0.0f;
+                return si < len ? ld4(xb + si * nh * np, k, np) : f4_zero();
             });
         if (np == 0) __syncthreads();
 #pragma unroll
@@ -474,7 +496,8 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
                 const i64 si = s0 + tx * 4 + j;
                 float w = 0.0f;
                 if (si < li && li < len)
-                    w = acc[i][j] * dts[tx * 4 + j] * cbb[li * q + si] * expf(dlr[ty * 4 + i] - dsc[tx * 4 + j]);
+                    w = acc[i][j] * dts[tx * 4 + j] * cbb[li * q + si] *
+                        exp_seg(dlr[ty * 4 + i], dlrl[ty * 4 + i], dsc[tx * 4 + j], dscl[tx * 4 + j]);
                 Ws[ty * 4 + i][tx * 4 + j] = w;
             }
         }
@@ -553,24 +576,38 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_bwd_kernel(
     }
     kbeg = (kbeg / BKK) * BKK;
     __syncthreads();  // rid
-    auto lb = [&](int kk, int n, i64 k) -> float {
-        const i64 ni = n0 + n;
-        return (k < kend && ni < nn) ? Yb[k * ng * nn + ni] : 0.0f;
+    auto lb = [&](int n, i64 k) -> float4 {  // Y[k, n .. + 4)
+        return k < kend ? ld4(Yb + k * ng * nn, n0 + n, nn) : f4_zero();
     };
     if (mode == 0) {
         gemm_loop<4, 4, false, false>(
             acc, sm, kbeg, kend,
-            [&](int m, int kk, i64 k) -> float {  // A[s = r0 + m, l = k] = dCB[l, s]
-                const i64 s = r0 + m;
-                return (k < kend && s < len && rid[m] == seq_at(seq, l, b, c0 + k)) ? db[k * q + s] : 0.0f;
+            [&](int m, i64 k) -> float4 {  // A[s .. + 4, l = k] = dCB[l, s .. + 4), same ids
+                if (k >= kend) return f4_zero();
+                float4 v = ld4(db + k * q, r0 + m, len);
+                const int idk = seq_at(seq, l, b, c0 + k);
+                if (rid[m] != idk) v.x = 0.0f;
+                if (rid[m + 1] != idk) v.y = 0.0f;
+                if (rid[m + 2] != idk) v.z = 0.0f;
+                if (rid[m + 3] != idk) v.w = 0.0f;
+                return v;
             },
             lb);
     } else {
         gemm_loop<4, 4, true, false>(
             acc, sm, kbeg, kend,
-            [&](int m, int kk, i64 k) -> float {  // A[l = r0 + m, s = k] = dCB[l, s]
+            [&](int m, i64 k) -> float4 {  // A[l = r0 + m, s = k .. + 4) = dCB[l, s .. + 4)
                 const i64 li = r0 + m;
-                return (k < kend && li < len && rid[m] == seq_at(seq, l, b, c0 + k)) ? db[li * q + k] : 0.0f;
+                if (li >= len || k >= kend) return f4_zero();
+                float4 v = ld4(db + li * q, k, kend);
+                const int id = rid[m];
+                if (seq) {
+                    if (seq_at(seq, l, b, c0 + k) != id) v.x = 0.0f;
+                    if (k + 1 < kend && seq_at(seq, l, b, c0 + k + 1) != id) v.y = 0.0f;
+                    if (k + 2 < kend && seq_at(seq, l, b, c0 + k + 2) != id) v.z = 0.0f;
+                    if (k + 3 < kend && seq_at(seq, l, b, c0 + k + 3) != id) v.w = 0.0f;
+                }
+                return v;
             },
             lb);
     }

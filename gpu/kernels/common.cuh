@@ -4,10 +4,11 @@
 // * f32 arithmetic only (fmaf contractions are single-rounding f32; no TF32, no fast math).
 // * Every reduction has a fixed order: warp shuffles with fixed offsets, then fixed trees in
 //   shared memory. No float atomics, so results are bit-identical run to run.
-// * `gemm_step`: one BK-deep step of a (16·TM × 16·TN) output tile computed by 256 threads, each
-//   owning a TM × TN register micro-tile; both operands are staged through shared memory by
-//   caller-supplied loaders (which fold in the decay/Δ/mask factors), with coalesced global reads
-//   along whichever axis of the operand is contiguous.
+// * `gemm_loop`: a (16·TM × 16·TN) output tile computed by 256 threads, each owning a TM × TN
+//   register micro-tile, over a K range in BK-deep steps; both operands are staged through
+//   double-buffered shared memory by caller-supplied loaders (which fold in the decay/Δ/mask
+//   factors), with coalesced global reads along whichever axis of the operand is contiguous and
+//   the next step's reads in flight during the current step's FMAs.
 
 typedef long long i64;
 
@@ -37,6 +38,19 @@ __device__ __forceinline__ float process_dt_grad_f(float dt, float bias, int sof
     }
     return (v < lo || v > hi) ? 0.0f : dv;
 }
+
+// The within-chunk cumsum a is held as an f32 pair hi + lo (lo = the rounding error of an f64
+// cumsum; null = 0): differences of nearby entries then keep f32 relative accuracy however deep
+// into the chunk (|a| ≫ 1) they are taken, instead of ulp(|a|).
+__device__ __forceinline__ float lo_at(const float* lo, i64 i) { return lo ? lo[i] : 0.0f; }
+
+// exp(a − b) for a = ha + la, b = hb + lb.
+__device__ __forceinline__ float exp_seg(float ha, float la, float hb, float lb) {
+    return expf((ha - hb) + (la - lb));
+}
+
+// exp(a) for a = h + l (|l| ≤ ulp(h)/2, so exp(h)(1 + l) is exact to second order).
+__device__ __forceinline__ float exp_hl(float h, float l) { return expf(h) * (1.0f + l); }
 
 __device__ __forceinline__ int seq_at(const int* seq, i64 l, i64 b, i64 t) {
     return seq ? seq[b * l + t] : 0;
@@ -110,57 +124,144 @@ __device__ float block_inclusive_scan(float v, float* red, float& total) {
     return v;
 }
 
+// Double-buffered operand tiles of `gemm_loop`.
 template <int TM, int TN>
 struct __align__(16) GemmSmem {
-    float a[BKK][16 * TM + 4];
-    float b[BKK][16 * TN + 4];
+    float a[2][BKK][16 * TM + 4];
+    float b[2][BKK][16 * TN + 4];
 };
 
-// One BK-deep step: acc[i][j] += Σ_kk A[m_i, k0+kk] · B[k0+kk, n_j] for the thread's rows
-// m_i = (tid/16)·TM + i and columns n_j = (tid%16)·TN + j.
-// la(m, kk, k) gives A[m, k] (k = k0 + kk), lb(kk, n, k) gives B[k, n]; both return 0 outside.
-// A_KC / B_KC: the operand is contiguous along k in memory (else along m / n); the loader
-// thread mapping follows so that a warp reads consecutive addresses.
+__device__ __forceinline__ float4 f4(float a, float b, float c, float d) {
+    float4 v;
+    v.x = a; v.y = b; v.z = c; v.w = d;
+    return v;
+}
+
+__device__ __forceinline__ float4 f4_zero() { return f4(0.0f, 0.0f, 0.0f, 0.0f); }
+
+__device__ __forceinline__ float4 f4_scale(float4 v, float s) {
+    return f4(v.x * s, v.y * s, v.z * s, v.w * s);
+}
+
+// Elements row[i0 .. i0 + 4) of a contiguous run whose valid length is n (0 past it): one
+// 16-byte load when aligned and whole, else scalar loads.
+__device__ __forceinline__ float4 ld4(const float* row, i64 i0, i64 n) {
+    const float* p = row + i0;
+    if (i0 + 3 < n && (reinterpret_cast<unsigned long long>(p) & 15ull) == 0)
+        return *reinterpret_cast<const float4*>(p);
+    return f4(i0 < n ? p[0] : 0.0f, i0 + 1 < n ? p[1] : 0.0f, i0 + 2 < n ? p[2] : 0.0f,
+              i0 + 3 < n ? p[3] : 0.0f);
+}
+
+// acc[i][j] += Σ_{k in [kbeg, kend)} A[m_i, k] · B[k, n_j] for the thread's rows
+// m_i = (tid/16)·TM + i and columns n_j = (tid%16)·TN + j of a (16·TM × 16·TN) tile.
+// Loaders give 4 consecutive elements along the operand's contiguous axis:
+//   la(m, k): A[m, k..k+4) when A_KC (A contiguous along k), else A[m..m+4, k);
+//   lb(n, k): B[k..k+4, n) when B_KC, else B[k, n..n+4);
+// (m, n tile-relative, k absolute); zero outside the operand. The warp's loads are consecutive
+// 16-byte pieces of memory. Pipelined: the next step's global loads are issued into registers
+// before the current step's FMAs, and the shared tiles are double-buffered (one barrier per
+// step). `kbeg` must be a multiple of 4.
 template <int TM, int TN, bool A_KC, bool B_KC, class LA, class LB>
-__device__ __forceinline__ void gemm_step(float (&acc)[TM][TN], GemmSmem<TM, TN>& sm, i64 k0,
-                                          const LA& la, const LB& lb) {
+__device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN>& sm, i64 kbeg,
+                                          i64 kend, const LA& la, const LB& lb) {
     constexpr int BM = 16 * TM, BN = 16 * TN;
+    constexpr int NA = BM * BKK / 4 / NT, NB = BN * BKK / 4 / NT;  // float4 per thread
     const int tid = threadIdx.x;
-#pragma unroll
-    for (int r = 0; r < TM; ++r) {
-        const int e = tid + r * NT;
-        int m, k;
-        if (A_KC) { k = e % BKK; m = e / BKK; } else { m = e % BM; k = e / BM; }
-        sm.a[k][m] = la(m, k, k0 + k);
-    }
-#pragma unroll
-    for (int r = 0; r < TN; ++r) {
-        const int e = tid + r * NT;
-        int n, k;
-        if (B_KC) { k = e % BKK; n = e / BKK; } else { n = e % BN; k = e / BN; }
-        sm.b[k][n] = lb(k, n, k0 + k);
-    }
-    __syncthreads();
     const int ty = tid >> 4, tx = tid & 15;
+    float4 ra[NA], rb[NB];
+    auto load = [&](i64 k0) {
 #pragma unroll
-    for (int kk = 0; kk < BKK; ++kk) {
-        float av[TM], bv[TN];
-#pragma unroll
-        for (int i = 0; i < TM; i += 4) {
-            float4 v = *reinterpret_cast<const float4*>(&sm.a[kk][ty * TM + i]);
-            av[i] = v.x; av[i + 1] = v.y; av[i + 2] = v.z; av[i + 3] = v.w;
+        for (int r = 0; r < NA; ++r) {
+            const int f = tid + r * NT;
+            if (A_KC) ra[r] = la(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
+            else ra[r] = la((f % (BM / 4)) * 4, k0 + f / (BM / 4));
         }
 #pragma unroll
-        for (int j = 0; j < TN; j += 4) {
-            float4 v = *reinterpret_cast<const float4*>(&sm.b[kk][tx * TN + j]);
-            bv[j] = v.x; bv[j + 1] = v.y; bv[j + 2] = v.z; bv[j + 3] = v.w;
+        for (int r = 0; r < NB; ++r) {
+            const int f = tid + r * NT;
+            if (B_KC) rb[r] = lb(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
+            else rb[r] = lb((f % (BN / 4)) * 4, k0 + f / (BN / 4));
+        }
+    };
+    if (kbeg < kend) load(kbeg);
+    int buf = 0;
+    for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
+#pragma unroll
+        for (int r = 0; r < NA; ++r) {
+            const int f = tid + r * NT;
+            if (A_KC) {
+                const int m = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
+                sm.a[buf][k][m] = ra[r].x;
+                sm.a[buf][k + 1][m] = ra[r].y;
+                sm.a[buf][k + 2][m] = ra[r].z;
+                sm.a[buf][k + 3][m] = ra[r].w;
+            } else {
+                *reinterpret_cast<float4*>(&sm.a[buf][f / (BM / 4)][(f % (BM / 4)) * 4]) = ra[r];
+            }
         }
 #pragma unroll
-        for (int i = 0; i < TM; ++i)
+        for (int r = 0; r < NB; ++r) {
+            const int f = tid + r * NT;
+            if (B_KC) {
+                const int n = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
+                sm.b[buf][k][n] = rb[r].x;
+                sm.b[buf][k + 1][n] = rb[r].y;
+                sm.b[buf][k + 2][n] = rb[r].z;
+                sm.b[buf][k + 3][n] = rb[r].w;
+            } else {
+                *reinterpret_cast<float4*>(&sm.b[buf][f / (BN / 4)][(f % (BN / 4)) * 4]) = rb[r];
+            }
+        }
+        __syncthreads();
+        if (k0 + BKK < kend) load(k0 + BKK);
 #pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        for (int kk = 0; kk < BKK; ++kk) {
+            float av[TM], bv[TN];
+#pragma unroll
+            for (int i = 0; i < TM; i += 4) {
+                float4 v = *reinterpret_cast<const float4*>(&sm.a[buf][kk][ty * TM + i]);
+                av[i] = v.x; av[i + 1] = v.y; av[i + 2] = v.z; av[i + 3] = v.w;
+            }
+#pragma unroll
+            for (int j = 0; j < TN; j += 4) {
+                float4 v = *reinterpret_cast<const float4*>(&sm.b[buf][kk][tx * TN + j]);
+                bv[j] = v.x; bv[j + 1] = v.y; bv[j + 2] = v.z; bv[j + 3] = v.w;
+            }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        buf ^= 1;
+    }
+    __syncthreads();  // the tiles (and anything the loaders read) may be rewritten after this
+}
+
+// Inclusive block scan in f64 (blockDim.x == NT); `red` must hold 32 doubles. Synchronises.
+__device__ double block_inclusive_scan_f64(double v, double* red, double& total) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        double n = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += n;
     }
     __syncthreads();
+    if (lane == 31) red[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        double w = (lane < (NT / 32)) ? red[lane] : 0.0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            double n = __shfl_up_sync(0xffffffffu, w, o);
+            if (lane >= o) w += n;
+        }
+        if (lane < (NT / 32)) red[lane] = w;
+    }
+    __syncthreads();
+    if (wid > 0) v += red[wid - 1];
+    total = red[NT / 32 - 1];
+    return v;
 }
 
 template <int TM, int TN>

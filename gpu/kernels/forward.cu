@@ -5,28 +5,31 @@
 // from blockIdx.x (innermost first), so grids of more than 65535 chunks·heads work.
 
 // chunk_cumsum [_chunk_cumsum_fwd]: Δ and a_l = Σ_{k≤l in chunk} Δ_k A_h, one block per
-// (b, h, c), block-parallel inclusive scan over the chunk (in NT-sized segments with a carry).
+// (b, h, c), block-parallel inclusive scan over the chunk (in NT-sized segments with a carry),
+// in f64: the cumsum is returned rounded (dacs) and, optionally, its rounding error (dacs_lo).
 extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_kernel(
     const float* __restrict__ dt, const float* __restrict__ A, const float* __restrict__ dt_bias,
-    float* __restrict__ dt_out, float* __restrict__ dacs_out, i64 nb, i64 l, i64 nh, i64 q, i64 nc,
-    int softplus, float lo, float hi) {
-    __shared__ float red[32];
+    float* __restrict__ dt_out, float* __restrict__ dacs_out, float* __restrict__ dacs_lo_out, i64 nb,
+    i64 l, i64 nh, i64 q, i64 nc, int softplus, float lo, float hi) {
+    __shared__ double red[32];
     BlockIdx bi;
     const i64 c = bi.next(nc), h = bi.next(nh), b = bi.rest;
     const float a = A[h];
     const float bias = dt_bias ? dt_bias[h] : 0.0f;
     const i64 obase = ((b * nh + h) * nc + c) * q;
-    float carry = 0.0f;
+    double carry = 0.0;
     for (i64 base = 0; base < q; base += NT) {
         const i64 i = base + threadIdx.x;
         const i64 t = c * q + i;
         float d = 0.0f;
         if (i < q && t < l) d = process_dt_f(dt[(b * l + t) * nh + h], bias, softplus, lo, hi);
-        float total;
-        float incl = block_inclusive_scan(d * a, red, total) + carry;
+        double total;
+        const double incl = block_inclusive_scan_f64((double)d * (double)a, red, total) + carry;
         if (i < q) {
+            const float hv = (float)incl;
             dt_out[obase + i] = d;
-            dacs_out[obase + i] = incl;
+            dacs_out[obase + i] = hv;
+            if (dacs_lo_out) dacs_lo_out[obase + i] = (float)(incl - (double)hv);
         }
         carry += total;
     }
@@ -37,12 +40,11 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_kernel(
 // mode 0: X = x, Y = B, w_s = [id_s = id_last] exp(a_last − a_s) Δ_s   → S_c
 // mode 1: X = dy, Y = C, w_s = [id_s = id_prev] exp(a_s)                 → dP_c
 // Tile 64 (p) × 64 (n), K = the chunk's tokens.
-extern "C" __global__ void __launch_bounds__(NT) chunk_state_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 2) chunk_state_kernel(
     int mode, const float* __restrict__ Y, const float* __restrict__ X, const float* __restrict__ dt,
-    const float* __restrict__ dacs, const int* __restrict__ seq, float* __restrict__ out, i64 nb,
-    i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
+    const float* __restrict__ dacs, const float* __restrict__ dlo, const int* __restrict__ seq,
+    float* __restrict__ out, i64 nb, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
     __shared__ GemmSmem<4, 4> sm;
-    __shared__ float w[BKK];
     const i64 tn = (nn + 63) / 64, tp = (np + 63) / 64;
     BlockIdx bi;
     const i64 nt = bi.next(tn), pt = bi.next(tp), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -52,32 +54,24 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_state_kernel(
     const int ref_id = mode == 0 ? chunk_end_id(seq, l, q, b, c) : prev_end_id(seq, l, q, b, c);
     const float* dtc = dt + ((b * nh + h) * nc + c) * q;
     const float* dac = dacs + ((b * nh + h) * nc + c) * q;
-    const float a_last = dac[q - 1];
+    const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
+    const float a_last = dac[q - 1], lo_last = lo_at(dlc, q - 1);
     const i64 p0 = pt * 64, n0 = nt * 64;
     const float* Xb = X + ((b * l + c0) * nh + h) * np;
     const float* Yb = Y + ((b * l + c0) * ng + g) * nn;
     float acc[4][4];
     zero_acc(acc);
-    for (i64 k0 = 0; k0 < len; k0 += BKK) {
-        if (threadIdx.x < BKK) {
-            const i64 s = k0 + threadIdx.x;
-            float v = 0.0f;
-            if (s < len && seq_at(seq, l, b, c0 + s) == ref_id)
-                v = mode == 0 ? expf(a_last - dac[s]) * dtc[s] : expf(dac[s]);
-            w[threadIdx.x] = v;
-        }
-        __syncthreads();
-        gemm_step<4, 4, false, false>(
-            acc, sm, k0,
-            [&](int m, int kk, i64 s) -> float {
-                const i64 p = p0 + m;
-                return (s < len && p < np) ? Xb[s * nh * np + p] * w[kk] : 0.0f;
-            },
-            [&](int kk, int n, i64 s) -> float {
-                const i64 ni = n0 + n;
-                return (s < len && ni < nn) ? Yb[s * ng * nn + ni] : 0.0f;
-            });
-    }
+    gemm_loop<4, 4, false, false>(
+        acc, sm, 0, len,
+        [&](int m, i64 s) -> float4 {  // X[s, p0 + m .. + 4) · w_s
+            if (s >= len || seq_at(seq, l, b, c0 + s) != ref_id) return f4_zero();
+            const float w = mode == 0 ? exp_seg(a_last, lo_last, dac[s], lo_at(dlc, s)) * dtc[s]
+                                      : exp_hl(dac[s], lo_at(dlc, s));
+            return f4_scale(ld4(Xb + s * nh * np, p0 + m, np), w);
+        },
+        [&](int n, i64 s) -> float4 {  // Y[s, n0 + n .. + 4)
+            return s < len ? ld4(Yb + s * ng * nn, n0 + n, nn) : f4_zero();
+        });
     const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
     float* ob = out + ((b * nc + c) * nh + h) * np * nn;
 #pragma unroll
@@ -95,8 +89,8 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_state_kernel(
 // state_passing [_state_passing_fwd]: one thread per (b, h, p·n) element, sequential over chunks:
 // P_c = H_{c−1}; H_c = [id_end(c) = id_end(c−1)] exp(a_last,c) H_{c−1} + S_c.
 extern "C" __global__ void __launch_bounds__(NT) state_passing_kernel(
-    const float* __restrict__ states, const float* __restrict__ dacs, const float* __restrict__ init,
-    const int* __restrict__ seq, float* __restrict__ prev, float* __restrict__ fin, i64 nb, i64 l,
+    const float* __restrict__ states, const float* __restrict__ dacs, const float* __restrict__ dlo,
+    const float* __restrict__ init, const int* __restrict__ seq, float* __restrict__ prev, float* __restrict__ fin, i64 nb, i64 l,
     i64 nh, i64 pn, i64 q, i64 nc) {
     const i64 nblk = (pn + NT - 1) / NT;
     BlockIdx bi;
@@ -108,7 +102,8 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_kernel(
         const i64 o = ((b * nc + c) * nh + h) * pn + e;
         prev[o] = H;
         const bool same = chunk_end_id(seq, l, q, b, c) == prev_end_id(seq, l, q, b, c);
-        const float decay = same ? expf(dacs[((b * nh + h) * nc + c) * q + q - 1]) : 0.0f;
+        const i64 il = ((b * nh + h) * nc + c) * q + q - 1;
+        const float decay = same ? exp_hl(dacs[il], lo_at(dlo, il)) : 0.0f;
         H = decay * H + states[o];
     }
     fin[(b * nh + h) * pn + e] = H;
@@ -117,7 +112,7 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_kernel(
 // bmm_chunk [_bmm_chunk_fwd]: CB[i, j] = C_i · B_j per (b, c, g); 0 across ids and at padding.
 // Tile 64 × 64, K = n. With `causal`, tiles strictly above the diagonal are skipped (left
 // unwritten: the combined op never reads them).
-extern "C" __global__ void __launch_bounds__(NT) bmm_chunk_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_kernel(
     const float* __restrict__ C, const float* __restrict__ B, const int* __restrict__ seq,
     float* __restrict__ cb, i64 nb, i64 l, i64 ng, i64 nn, i64 q, i64 nc, int causal) {
     __shared__ GemmSmem<4, 4> sm;
@@ -132,18 +127,16 @@ extern "C" __global__ void __launch_bounds__(NT) bmm_chunk_kernel(
     const float* Bb = B + ((b * l + c0) * ng + g) * nn;
     float acc[4][4];
     zero_acc(acc);
-    for (i64 k0 = 0; k0 < nn; k0 += BKK) {
-        gemm_step<4, 4, true, true>(
-            acc, sm, k0,
-            [&](int m, int kk, i64 k) -> float {
-                const i64 i = i0 + m;
-                return (i < len && k < nn) ? Cb[i * ng * nn + k] : 0.0f;
-            },
-            [&](int kk, int n, i64 k) -> float {
-                const i64 j = j0 + n;
-                return (j < len && k < nn) ? Bb[j * ng * nn + k] : 0.0f;
-            });
-    }
+    gemm_loop<4, 4, true, true>(
+        acc, sm, 0, nn,
+        [&](int m, i64 k) -> float4 {  // C[i, k .. + 4)
+            const i64 i = i0 + m;
+            return i < len ? ld4(Cb + i * ng * nn, k, nn) : f4_zero();
+        },
+        [&](int n, i64 k) -> float4 {  // B[j, k .. + 4)
+            const i64 j = j0 + n;
+            return j < len ? ld4(Bb + j * ng * nn, k, nn) : f4_zero();
+        });
     const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
     float* ob = cb + ((b * nc + c) * ng + g) * q * q;
 #pragma unroll
@@ -165,14 +158,15 @@ extern "C" __global__ void __launch_bounds__(NT) bmm_chunk_kernel(
 // chunk_scan [_chunk_scan_fwd]: per (b, c, h), rows l of a 64-row tile, columns p of a 64 tile:
 //   y_l = [id_l = id_prev] exp(a_l) C_l · P_c + Σ_{s≤l} CB[l, s] exp(a_l − a_s) Δ_s x_s + D x_l
 //   out = y ⊙ silu(z) when z (and y is stored as well).
-extern "C" __global__ void __launch_bounds__(NT) chunk_scan_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 2) chunk_scan_kernel(
     const float* __restrict__ cb, const float* __restrict__ x, const float* __restrict__ dt,
-    const float* __restrict__ dacs, const float* __restrict__ C, const float* __restrict__ P,
+    const float* __restrict__ dacs, const float* __restrict__ dlo, const float* __restrict__ C,
+    const float* __restrict__ P,
     const float* __restrict__ D, int d_per_channel, const float* __restrict__ z,
     const int* __restrict__ seq, float* __restrict__ out, float* __restrict__ y_out, i64 nb, i64 l,
     i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
     __shared__ GemmSmem<4, 4> sm;
-    __shared__ float dl[64], erow[64], ds[BKK], dts[BKK];
+    __shared__ float dl[64], dll[64], erow[64];
     const i64 tl = (q + 63) / 64, tp = (np + 63) / 64;
     BlockIdx bi;
     const i64 pt = bi.next(tp), lt = bi.next(tl), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -183,15 +177,18 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_scan_kernel(
     if (l0 >= len) return;  // padded rows produce no output
     const float* dtc = dt + ((b * nh + h) * nc + c) * q;
     const float* dac = dacs + ((b * nh + h) * nc + c) * q;
+    const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
     const int pid = prev_end_id(seq, l, q, b, c);
     if (threadIdx.x < 64) {
         const i64 i = l0 + threadIdx.x;
-        float a = 0.0f, e = 0.0f;
+        float a = 0.0f, al = 0.0f, e = 0.0f;
         if (i < len) {
             a = dac[i];
-            if (seq_at(seq, l, b, c0 + i) == pid) e = expf(a);
+            al = lo_at(dlc, i);
+            if (seq_at(seq, l, b, c0 + i) == pid) e = exp_hl(a, al);
         }
         dl[threadIdx.x] = a;
+        dll[threadIdx.x] = al;
         erow[threadIdx.x] = e;
     }
     __syncthreads();
@@ -202,38 +199,33 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_scan_kernel(
     float acc[4][4];
     zero_acc(acc);
     // Inter-chunk term: exp(a_l) C_l · P_c (K = n).
-    for (i64 k0 = 0; k0 < nn; k0 += BKK) {
-        gemm_step<4, 4, true, true>(
-            acc, sm, k0,
-            [&](int m, int kk, i64 k) -> float {
-                const i64 i = l0 + m;
-                return (i < len && k < nn) ? Cb[i * ng * nn + k] * erow[m] : 0.0f;
-            },
-            [&](int kk, int n, i64 k) -> float {
-                const i64 p = p0 + n;
-                return (k < nn && p < np) ? Pb[p * nn + k] : 0.0f;
-            });
-    }
+    gemm_loop<4, 4, true, true>(
+        acc, sm, 0, nn,
+        [&](int m, i64 k) -> float4 {  // C[i, k .. + 4) · exp(a_i)
+            const i64 i = l0 + m;
+            return i < len ? f4_scale(ld4(Cb + i * ng * nn, k, nn), erow[m]) : f4_zero();
+        },
+        [&](int n, i64 k) -> float4 {  // P[p, k .. + 4)
+            const i64 p = p0 + n;
+            return p < np ? ld4(Pb + p * nn, k, nn) : f4_zero();
+        });
     // Intra-chunk term (K = s ≤ l, causal).
-    const i64 kend = min(len, l0 + 64);
-    for (i64 k0 = 0; k0 < kend; k0 += BKK) {
-        if (threadIdx.x < BKK) {
-            const i64 s = k0 + threadIdx.x;
-            ds[threadIdx.x] = s < len ? dac[s] : 0.0f;
-            dts[threadIdx.x] = s < len ? dtc[s] : 0.0f;
-        }
-        __syncthreads();
-        gemm_step<4, 4, true, false>(
-            acc, sm, k0,
-            [&](int m, int kk, i64 s) -> float {
-                const i64 i = l0 + m;
-                return (i < len && s <= i) ? cbb[i * q + s] * expf(dl[m] - ds[kk]) * dts[kk] : 0.0f;
-            },
-            [&](int kk, int n, i64 s) -> float {
-                const i64 p = p0 + n;
-                return (s < len && p < np) ? xb[s * nh * np + p] : 0.0f;
-            });
-    }
+    gemm_loop<4, 4, true, false>(
+        acc, sm, 0, min(len, l0 + 64),
+        [&](int m, i64 s) -> float4 {  // CB[i, s .. + 4) exp(a_i − a_s) Δ_s, s ≤ i
+            const i64 i = l0 + m;
+            if (i >= len || s > i) return f4_zero();
+            float4 v = ld4(cbb + i * q, s, i + 1);
+            const float a = dl[m], al = dll[m];
+            v.x *= exp_seg(a, al, dac[s], lo_at(dlc, s)) * dtc[s];
+            if (s + 1 <= i) v.y *= exp_seg(a, al, dac[s + 1], lo_at(dlc, s + 1)) * dtc[s + 1];
+            if (s + 2 <= i) v.z *= exp_seg(a, al, dac[s + 2], lo_at(dlc, s + 2)) * dtc[s + 2];
+            if (s + 3 <= i) v.w *= exp_seg(a, al, dac[s + 3], lo_at(dlc, s + 3)) * dtc[s + 3];
+            return v;
+        },
+        [&](int n, i64 s) -> float4 {  // x[s, p .. + 4)
+            return s < len ? ld4(xb + s * nh * np, p0 + n, np) : f4_zero();
+        });
     const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {

@@ -179,6 +179,17 @@ impl Gpu {
         dacs_bhcq: &DeviceArray4,
         seq_idx: Option<&DeviceArray2<i32>>,
     ) -> Result<DeviceArray5, SsdError> {
+        self.chunk_scan_bwd_dstates_lo(c_blgn, dy_blhp, dacs_bhcq, None, seq_idx)
+    }
+
+    pub(crate) fn chunk_scan_bwd_dstates_lo(
+        &self,
+        c_blgn: &DeviceArray4,
+        dy_blhp: &DeviceArray4,
+        dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
+        seq_idx: Option<&DeviceArray2<i32>>,
+    ) -> Result<DeviceArray5, SsdError> {
         let (nb, l, nh, np) = dy_blhp.dim();
         let (_, _, ng, nn) = c_blgn.dim();
         check_shape("C", &[nb, l, ng, nn], c_blgn.shape())?;
@@ -187,7 +198,7 @@ impl Gpu {
         check_seq(seq_idx, nb, l)?;
         let out = self.alloc_out(Ix5(nb, nc, nh, np, nn))?;
         self.chunk_state_like(
-            1, c_blgn, dy_blhp, dacs_bhcq, dacs_bhcq, seq_idx, &out, ng, nn, q, nc,
+            1, c_blgn, dy_blhp, dacs_bhcq, dacs_bhcq, dlo, seq_idx, &out, ng, nn, q, nc,
         )?;
         Ok(out)
     }
@@ -197,6 +208,27 @@ impl Gpu {
         &self,
         prev_states_bchpn: &DeviceArray5,
         dacs_bhcq: &DeviceArray4,
+        dprev_states_bchpn: &DeviceArray5,
+        dfinal_states_bhpn: Option<&DeviceArray4>,
+        seq_idx: Option<&DeviceArray2<i32>>,
+        seqlen: usize,
+    ) -> Result<(DeviceArray5, DeviceArray4, DeviceArray3), SsdError> {
+        self.state_passing_bwd_lo(
+            prev_states_bchpn,
+            dacs_bhcq,
+            None,
+            dprev_states_bchpn,
+            dfinal_states_bhpn,
+            seq_idx,
+            seqlen,
+        )
+    }
+
+    pub(crate) fn state_passing_bwd_lo(
+        &self,
+        prev_states_bchpn: &DeviceArray5,
+        dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
         dprev_states_bchpn: &DeviceArray5,
         dfinal_states_bhpn: Option<&DeviceArray4>,
         seq_idx: Option<&DeviceArray2<i32>>,
@@ -223,6 +255,7 @@ impl Gpu {
             &[
                 prev_states_bchpn.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(dlo),
                 dprev_states_bchpn.arg(),
                 opt_arg(dfinal_states_bhpn),
                 opt_arg(seq_idx),
@@ -245,6 +278,7 @@ impl Gpu {
             &[
                 part.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(dlo),
                 opt_arg(seq_idx),
                 dda_chunk.arg(),
                 i(nb),
@@ -264,6 +298,33 @@ impl Gpu {
         x_blhp: &DeviceArray4,
         dt_bhcq: &DeviceArray4,
         dacs_bhcq: &DeviceArray4,
+        b_blgn: &DeviceArray4,
+        cb_bcgqq: &DeviceArray5,
+        dy_blhp: &DeviceArray4,
+        dstates_bchpn: &DeviceArray5,
+        d: Option<&DeviceArrayD>,
+        seq_idx: Option<&DeviceArray2<i32>>,
+    ) -> Result<(DeviceArray4, DeviceArray4), SsdError> {
+        self.bwd_dx_lo(
+            x_blhp,
+            dt_bhcq,
+            dacs_bhcq,
+            None,
+            b_blgn,
+            cb_bcgqq,
+            dy_blhp,
+            dstates_bchpn,
+            d,
+            seq_idx,
+        )
+    }
+
+    pub(crate) fn bwd_dx_lo(
+        &self,
+        x_blhp: &DeviceArray4,
+        dt_bhcq: &DeviceArray4,
+        dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
         b_blgn: &DeviceArray4,
         cb_bcgqq: &DeviceArray5,
         dy_blhp: &DeviceArray4,
@@ -295,6 +356,7 @@ impl Gpu {
                 x_blhp.arg(),
                 dt_bhcq.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(dlo),
                 b_blgn.arg(),
                 cb_bcgqq.arg(),
                 dy_blhp.arg(),
@@ -326,6 +388,7 @@ impl Gpu {
         y_like: &DeviceArray4,
         dt_bhcq: &DeviceArray4,
         dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
         seq_idx: Option<&DeviceArray2<i32>>,
         out: &DeviceArray4,
         accumulate: bool,
@@ -346,6 +409,7 @@ impl Gpu {
                 y_like.arg(),
                 dt_bhcq.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(dlo),
                 opt_arg(seq_idx),
                 out.arg(),
                 part.arg(),
@@ -393,6 +457,7 @@ impl Gpu {
             b_blgn,
             dt_bhcq,
             dacs_bhcq,
+            None,
             seq_idx,
             &db,
             false,
@@ -426,6 +491,7 @@ impl Gpu {
             c_blgn,
             dacs_bhcq,
             dacs_bhcq,
+            None,
             seq_idx,
             &dc,
             false,
@@ -444,6 +510,18 @@ impl Gpu {
         dy_blhp: &DeviceArray4,
         ngroups: usize,
     ) -> Result<DeviceArray5, SsdError> {
+        self.chunk_scan_bwd_dcb_lo(x_blhp, dt_bhcq, dacs_bhcq, None, dy_blhp, ngroups)
+    }
+
+    pub(crate) fn chunk_scan_bwd_dcb_lo(
+        &self,
+        x_blhp: &DeviceArray4,
+        dt_bhcq: &DeviceArray4,
+        dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
+        dy_blhp: &DeviceArray4,
+        ngroups: usize,
+    ) -> Result<DeviceArray5, SsdError> {
         let (nb, l, nh, np) = x_blhp.dim();
         check_groups(nh, ngroups)?;
         let (nc, q) = check_bhcq("dt", dt_bhcq.shape(), nb, nh, l)?;
@@ -459,6 +537,7 @@ impl Gpu {
                 x_blhp.arg(),
                 dt_bhcq.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(dlo),
                 dy_blhp.arg(),
                 dcb.arg(),
                 i(nb),
@@ -542,6 +621,7 @@ impl Gpu {
         x_blhp: &DeviceArray4,
         dt_bhcq: &DeviceArray4,
         dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
         dy_blhp: &DeviceArray4,
         cb_bcgqq: &DeviceArray5,
     ) -> Result<DeviceArray3, SsdError> {
@@ -557,6 +637,7 @@ impl Gpu {
                 x_blhp.arg(),
                 dt_bhcq.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(dlo),
                 dy_blhp.arg(),
                 cb_bcgqq.arg(),
                 part.arg(),
@@ -589,7 +670,7 @@ impl Gpu {
         let ng = cb_bcgqq.shape()[2];
         check_groups(nh, ng)?;
         check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
-        let part = self.ddacs_parts(x_blhp, dt_bhcq, dacs_bhcq, dy_blhp, cb_bcgqq)?;
+        let part = self.ddacs_parts(x_blhp, dt_bhcq, dacs_bhcq, None, dy_blhp, cb_bcgqq)?;
         self.reduce_parts(&part, (nb, nh, nc, q), 0, l)
     }
 

@@ -146,8 +146,11 @@ impl DeviceOutputs {
 pub struct GpuChunkedForward {
     /// Δ, (b, h, c, Q)
     pub dt_bhcq: DeviceArray4,
-    /// within-chunk cumsum of Δ A, (b, h, c, Q)
+    /// within-chunk cumsum of Δ A, (b, h, c, Q), rounded to f32
     pub dacs_bhcq: DeviceArray4,
+    /// the rounding error of `dacs_bhcq` (the cumsum is formed in f64; the kernels use
+    /// `dacs + dacs_lo`, so decay factors deep into a chunk keep f32 relative accuracy)
+    pub dacs_lo_bhcq: DeviceArray4,
     /// the state entering each chunk `P_c`, (b, c, h, p, n)
     pub prev_states_bchpn: DeviceArray5,
     /// `C_l · B_s`, (b, c, g, Q, Q): only the lower triangle of 64 × 64 tiles (s ≤ l) is
@@ -243,24 +246,54 @@ impl Gpu {
         if options.chunk_size == 0 {
             return Err(SsdError::ZeroChunkSize);
         }
-        let (dt_bhcq, dacs_bhcq) =
-            self.chunk_cumsum(&inputs.dt, &inputs.a, inputs.dt_bias.as_ref(), options)?;
+        let (dt_bhcq, dacs_bhcq, lo) = self.chunk_cumsum_lo(
+            &inputs.dt,
+            &inputs.a,
+            inputs.dt_bias.as_ref(),
+            options,
+            true,
+        )?;
+        let dacs_lo_bhcq = lo.expect("requested");
+        let dlo = Some(&dacs_lo_bhcq);
         let seq = inputs.seq_idx.as_ref();
-        let states = self.chunk_state(&inputs.b, &inputs.x, &dt_bhcq, &dacs_bhcq, seq)?;
-        let (prev_states_bchpn, final_states) = self.state_passing(
+        let nc = dims.seqlen.div_ceil(options.chunk_size);
+        let states = self.alloc_out(ndarray::Ix5(
+            dims.batch,
+            nc,
+            dims.nheads,
+            dims.headdim,
+            dims.dstate,
+        ))?;
+        self.chunk_state_like(
+            0,
+            &inputs.b,
+            &inputs.x,
+            &dt_bhcq,
+            &dacs_bhcq,
+            dlo,
+            seq,
+            &states,
+            dims.ngroups,
+            dims.dstate,
+            options.chunk_size,
+            nc,
+        )?;
+        let (prev_states_bchpn, final_states) = self.state_passing_lo(
             &states,
             &dacs_bhcq,
+            dlo,
             inputs.initial_states.as_ref(),
             seq,
             dims.seqlen,
         )?;
         drop(states);
         let cb_bcgqq = self.bmm_chunk_impl(&inputs.c, &inputs.b, options.chunk_size, seq, true)?;
-        let (out, y) = self.chunk_scan(
+        let (out, y) = self.chunk_scan_lo(
             &cb_bcgqq,
             &inputs.x,
             &dt_bhcq,
             &dacs_bhcq,
+            dlo,
             &inputs.c,
             &prev_states_bchpn,
             inputs.d.as_ref(),
@@ -270,6 +303,7 @@ impl Gpu {
         Ok(GpuChunkedForward {
             dt_bhcq,
             dacs_bhcq,
+            dacs_lo_bhcq,
             prev_states_bchpn,
             cb_bcgqq,
             y,
@@ -322,20 +356,23 @@ impl Gpu {
             inputs.z.as_ref(),
             inputs.d.as_ref(),
         )?;
-        let dprev = self.chunk_scan_bwd_dstates(&inputs.c, &dy, &fwd.dacs_bhcq, seq)?;
-        let (dstates, dinit, dda_chunk) = self.state_passing_bwd(
+        let dlo = Some(&fwd.dacs_lo_bhcq);
+        let dprev = self.chunk_scan_bwd_dstates_lo(&inputs.c, &dy, &fwd.dacs_bhcq, dlo, seq)?;
+        let (dstates, dinit, dda_chunk) = self.state_passing_bwd_lo(
             &fwd.prev_states_bchpn,
             &fwd.dacs_bhcq,
+            dlo,
             &dprev,
             dfinal_states,
             seq,
             l,
         )?;
         drop(dprev);
-        let (dx, ddt_direct) = self.chunk_scan_chunk_state_bwd_dx(
+        let (dx, ddt_direct) = self.bwd_dx_lo(
             &inputs.x,
             &fwd.dt_bhcq,
             &fwd.dacs_bhcq,
+            dlo,
             &inputs.b,
             &fwd.cb_bcgqq,
             &dy,
@@ -343,7 +380,8 @@ impl Gpu {
             inputs.d.as_ref(),
             seq,
         )?;
-        let dcb = self.chunk_scan_bwd_dcb(&inputs.x, &fwd.dt_bhcq, &fwd.dacs_bhcq, &dy, ng)?;
+        let dcb =
+            self.chunk_scan_bwd_dcb_lo(&inputs.x, &fwd.dt_bhcq, &fwd.dacs_bhcq, dlo, &dy, ng)?;
         let db = self.alloc_out(Ix4(nb, l, ng, nn))?;
         let dc = self.alloc_out(Ix4(nb, l, ng, nn))?;
         self.bmm_bwd_into(
@@ -357,6 +395,7 @@ impl Gpu {
             &inputs.b,
             &fwd.dt_bhcq,
             &fwd.dacs_bhcq,
+            dlo,
             seq,
             &db,
             true,
@@ -369,12 +408,19 @@ impl Gpu {
             &inputs.c,
             &fwd.dacs_bhcq,
             &fwd.dacs_bhcq,
+            dlo,
             seq,
             &dc,
             true,
         )?;
-        let ipart =
-            self.ddacs_parts(&inputs.x, &fwd.dt_bhcq, &fwd.dacs_bhcq, &dy, &fwd.cb_bcgqq)?;
+        let ipart = self.ddacs_parts(
+            &inputs.x,
+            &fwd.dt_bhcq,
+            &fwd.dacs_bhcq,
+            dlo,
+            &dy,
+            &fwd.cb_bcgqq,
+        )?;
         let dda = self.alloc_out(Ix4(nb, nh, nc, q))?;
         let adj = DeviceAAdjoint {
             intra: self.alloc_out(Ix4(nb, nh, nc, q))?,

@@ -68,6 +68,19 @@ impl Gpu {
         dt_bias_h: Option<&DeviceArray1>,
         options: &Options,
     ) -> Result<(DeviceArray4, DeviceArray4), SsdError> {
+        let (dt, dacs, _) = self.chunk_cumsum_lo(dt_blh, a_h, dt_bias_h, options, false)?;
+        Ok((dt, dacs))
+    }
+
+    /// `chunk_cumsum`, and with `want_lo` the rounding error of the f64 cumsum (`dacs_lo`).
+    pub(crate) fn chunk_cumsum_lo(
+        &self,
+        dt_blh: &DeviceArray3,
+        a_h: &DeviceArray1,
+        dt_bias_h: Option<&DeviceArray1>,
+        options: &Options,
+        want_lo: bool,
+    ) -> Result<(DeviceArray4, DeviceArray4, Option<DeviceArray4>), SsdError> {
         let (nb, l, nh) = dt_blh.dim();
         check_shape("A", &[nh], a_h.shape())?;
         if let Some(bias) = dt_bias_h {
@@ -81,6 +94,11 @@ impl Gpu {
         let nc = l.div_ceil(q);
         let dt_bhcq = self.alloc_out(ndarray::Ix4(nb, nh, nc, q))?;
         let dacs_bhcq = self.alloc_out(ndarray::Ix4(nb, nh, nc, q))?;
+        let lo = if want_lo {
+            Some(self.alloc_out(ndarray::Ix4(nb, nh, nc, q))?)
+        } else {
+            None
+        };
         self.launch(
             "chunk_cumsum_kernel",
             (nb * nh * nc) as u64,
@@ -91,6 +109,7 @@ impl Gpu {
                 opt_arg(dt_bias_h),
                 dt_bhcq.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(lo.as_ref()),
                 i(nb),
                 i(l),
                 i(nh),
@@ -101,7 +120,7 @@ impl Gpu {
                 Arg::F(options.dt_limit.1 as f32),
             ],
         )?;
-        Ok((dt_bhcq, dacs_bhcq))
+        Ok((dt_bhcq, dacs_bhcq, lo))
     }
 
     /// `chunk_state` [_chunk_state_fwd]: `S_c = Σ_s exp(a_last − a_s) Δ_s x_s ⊗ B_s` over the
@@ -123,7 +142,7 @@ impl Gpu {
         check_seq(seq_idx, nb, l)?;
         let out = self.alloc_out(ndarray::Ix5(nb, nc, nh, np, nn))?;
         self.chunk_state_like(
-            0, b_blgn, x_blhp, dt_bhcq, dacs_bhcq, seq_idx, &out, ng, nn, q, nc,
+            0, b_blgn, x_blhp, dt_bhcq, dacs_bhcq, None, seq_idx, &out, ng, nn, q, nc,
         )?;
         Ok(out)
     }
@@ -136,6 +155,7 @@ impl Gpu {
         x_blhp: &DeviceArray4,
         dt_bhcq: &DeviceArray4,
         dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
         seq_idx: Option<&DeviceArray2<i32>>,
         out: &DeviceArray5,
         ng: usize,
@@ -154,6 +174,7 @@ impl Gpu {
                 x_blhp.arg(),
                 dt_bhcq.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(dlo),
                 opt_arg(seq_idx),
                 out.arg(),
                 i(nb),
@@ -177,6 +198,25 @@ impl Gpu {
         seq_idx: Option<&DeviceArray2<i32>>,
         seqlen: usize,
     ) -> Result<(DeviceArray5, DeviceArray4), SsdError> {
+        self.state_passing_lo(
+            states_bchpn,
+            dacs_bhcq,
+            None,
+            initial_states_bhpn,
+            seq_idx,
+            seqlen,
+        )
+    }
+
+    pub(crate) fn state_passing_lo(
+        &self,
+        states_bchpn: &DeviceArray5,
+        dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
+        initial_states_bhpn: Option<&DeviceArray4>,
+        seq_idx: Option<&DeviceArray2<i32>>,
+        seqlen: usize,
+    ) -> Result<(DeviceArray5, DeviceArray4), SsdError> {
         let (nb, nc, nh, np, nn) = states_bchpn.dim();
         let (nc2, q) = check_bhcq("dA_cumsum", dacs_bhcq.shape(), nb, nh, seqlen)?;
         check_shape("states", &[nb, nc2, nh, np, nn], states_bchpn.shape())?;
@@ -194,6 +234,7 @@ impl Gpu {
             &[
                 states_bchpn.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(dlo),
                 opt_arg(initial_states_bhpn),
                 opt_arg(seq_idx),
                 prev.arg(),
@@ -274,6 +315,33 @@ impl Gpu {
         z_blhp: Option<&DeviceArray4>,
         seq_idx: Option<&DeviceArray2<i32>>,
     ) -> Result<(DeviceArray4, Option<DeviceArray4>), SsdError> {
+        self.chunk_scan_lo(
+            cb_bcgqq,
+            x_blhp,
+            dt_bhcq,
+            dacs_bhcq,
+            None,
+            c_blgn,
+            prev_states_bchpn,
+            d,
+            z_blhp,
+            seq_idx,
+        )
+    }
+
+    pub(crate) fn chunk_scan_lo(
+        &self,
+        cb_bcgqq: &DeviceArray5,
+        x_blhp: &DeviceArray4,
+        dt_bhcq: &DeviceArray4,
+        dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
+        c_blgn: &DeviceArray4,
+        prev_states_bchpn: &DeviceArray5,
+        d: Option<&DeviceArrayD>,
+        z_blhp: Option<&DeviceArray4>,
+        seq_idx: Option<&DeviceArray2<i32>>,
+    ) -> Result<(DeviceArray4, Option<DeviceArray4>), SsdError> {
         let (nb, l, nh, np) = x_blhp.dim();
         let (_, _, ng, nn) = c_blgn.dim();
         check_shape("C", &[nb, l, ng, nn], c_blgn.shape())?;
@@ -304,6 +372,7 @@ impl Gpu {
                 x_blhp.arg(),
                 dt_bhcq.arg(),
                 dacs_bhcq.arg(),
+                opt_arg(dlo),
                 c_blgn.arg(),
                 prev_states_bchpn.arg(),
                 opt_arg(d),

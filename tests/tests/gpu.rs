@@ -219,13 +219,64 @@ fn nvrtc_compiles_every_kernel() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward kernels, each against the reference kernel on the same (f32-rounded) inputs
+// Forward kernels, each against the reference kernel on the same inputs
+//
+// Every comparison runs the float64 reference on exactly the f32 values the device gets (the
+// problem and every intermediate rounded to f32 first), so the error measured is the f32
+// arithmetic's alone.
 
-fn check_forward_kernels(g: &Gpu, p: &Problem<f64>) -> Result<(), TestCaseError> {
+fn r<D: Dimension>(a: &Array<f64, D>) -> Array<f64, D> {
+    a.mapv(|v| v as f32 as f64)
+}
+
+fn ab<D: Dimension>(a: &Array<f64, D>) -> Array<f64, D> {
+    a.mapv(f64::abs)
+}
+
+/// The problem rounded to f32 (and held in f64).
+fn rounded(p: &Problem<f64>) -> Problem<f64> {
+    p.to_f32().map(|v| v as f64)
+}
+
+/// `‖got − want‖ / ‖magnitude‖`, for sums of products that can cancel: `magnitude` is the same
+/// kernel evaluated on the absolute values of its multilinear inputs, i.e. the sum of its
+/// terms' magnitudes (DESIGN.md §4: reduced quantities judged relative to their terms). Used for
+/// the A-adjoint producers (ddA_next, V, ddA_intra, ddA_chunk) and ddt_direct, which a strong
+/// decay or a `seq_idx` cut can cancel to ~1e-10 of their terms.
+fn close_mag<D: Dimension>(
+    name: &str,
+    got: &Array<f32, D>,
+    want: &Array<f64, D>,
+    magnitude: &Array<f64, D>,
+    tol: f64,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.shape(), want.shape(), "{}: shape", name);
+    let num = got
+        .iter()
+        .zip(want.iter())
+        .map(|(g, w)| (*g as f64 - w).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den = magnitude.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let e = if num == 0.0 { 0.0 } else { num / den };
+    prop_assert!(
+        e <= tol,
+        "{}: error {:e} of the terms' magnitude > {:e} (rel_l2 {:e})",
+        name,
+        e,
+        tol,
+        rel_l2(got, want)
+    );
+    Ok(())
+}
+
+fn check_forward_kernels(g: &Gpu, p0: &Problem<f64>) -> Result<(), TestCaseError> {
+    let p = &rounded(p0);
     let o = &p.options;
     let l = p.dims().seqlen;
     let f = ChunkedForward::run(&p.inputs(), o).unwrap();
     let seq = seq_dev(g, p);
+    let sv = p.seq_idx.as_ref().map(|s| s.view());
     let (x, dt, a, b, c) = (
         up(g, &p.x),
         up(g, &p.dt),
@@ -247,53 +298,71 @@ fn check_forward_kernels(g: &Gpu, p: &Problem<f64>) -> Result<(), TestCaseError>
         FORWARD_F32,
     )?;
 
-    let (dt_r, dacs_r) = (up(g, &f.dt_bhcq), up(g, &f.dacs_bhcq));
-    let states = g.chunk_state(&b, &x, &dt_r, &dacs_r, seq.as_ref()).unwrap();
-    close(
-        "chunk_state",
-        &down(g, &states),
-        &f.states_bchpn,
-        FORWARD_F32,
-    )?;
+    let (dt64, dacs64) = (r(&f.dt_bhcq), r(&f.dacs_bhcq));
+    let (dt_r, dacs_r) = (up(g, &dt64), up(g, &dacs64));
+    let states =
+        reference::chunk_state(p.b.view(), p.x.view(), dt64.view(), dacs64.view(), sv).unwrap();
+    let states_g = g.chunk_state(&b, &x, &dt_r, &dacs_r, seq.as_ref()).unwrap();
+    close("chunk_state", &down(g, &states_g), &states, FORWARD_F32)?;
 
-    let states_r = up(g, &f.states_bchpn);
-    let (prev, fin) = g
-        .state_passing(&states_r, &dacs_r, init.as_ref(), seq.as_ref(), l)
+    let states64 = r(&states);
+    let (prev, fin) = reference::state_passing(
+        states64.view(),
+        dacs64.view(),
+        p.initial_states.as_ref().map(|v| v.view()),
+        sv,
+        l,
+    )
+    .unwrap();
+    let (prev_g, fin_g) = g
+        .state_passing(&up(g, &states64), &dacs_r, init.as_ref(), seq.as_ref(), l)
         .unwrap();
     close(
         "state_passing prev_states",
-        &down(g, &prev),
-        &f.prev_states_bchpn,
+        &down(g, &prev_g),
+        &prev,
         FORWARD_F32,
     )?;
     close(
         "state_passing final_states",
-        &down(g, &fin),
-        &f.final_states,
+        &down(g, &fin_g),
+        &fin,
         FORWARD_F32,
     )?;
 
-    let cb = g.bmm_chunk(&c, &b, o.chunk_size, seq.as_ref()).unwrap();
-    close("bmm_chunk", &down(g, &cb), &f.cb_bcgqq, FORWARD_F32)?;
+    let cb_g = g.bmm_chunk(&c, &b, o.chunk_size, seq.as_ref()).unwrap();
+    close("bmm_chunk", &down(g, &cb_g), &f.cb_bcgqq, FORWARD_F32)?;
 
-    let (cb_r, prev_r) = (up(g, &f.cb_bcgqq), up(g, &f.prev_states_bchpn));
-    let (out, y) = g
+    let (cb64, prev64) = (r(&f.cb_bcgqq), r(&f.prev_states_bchpn));
+    let (out, y) = reference::chunk_scan(
+        cb64.view(),
+        p.x.view(),
+        dt64.view(),
+        dacs64.view(),
+        p.c.view(),
+        prev64.view(),
+        p.d.as_ref().map(|v| v.view()),
+        p.z.as_ref().map(|v| v.view()),
+        sv,
+    )
+    .unwrap();
+    let (out_g, y_g) = g
         .chunk_scan(
-            &cb_r,
+            &up(g, &cb64),
             &x,
             &dt_r,
             &dacs_r,
             &c,
-            &prev_r,
+            &up(g, &prev64),
             d.as_ref(),
             z.as_ref(),
             seq.as_ref(),
         )
         .unwrap();
-    close("chunk_scan out", &down(g, &out), &f.out, FORWARD_F32)?;
-    prop_assert_eq!(y.is_some(), f.y.is_some());
-    if let (Some(y), Some(yr)) = (&y, &f.y) {
-        close("chunk_scan y", &down(g, y), yr, FORWARD_F32)?;
+    close("chunk_scan out", &down(g, &out_g), &out, FORWARD_F32)?;
+    prop_assert_eq!(y_g.is_some(), y.is_some());
+    if let (Some(a), Some(b)) = (&y_g, &y) {
+        close("chunk_scan y", &down(g, a), b, FORWARD_F32)?;
     }
     Ok(())
 }
@@ -307,9 +376,10 @@ fn forward_kernels_match_reference() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward kernels, each against the reference kernel on the same (f32-rounded) inputs
+// Backward kernels, each against the reference kernel on the same inputs
 
-fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), TestCaseError> {
+fn check_backward_kernels(g: &Gpu, p0: &Problem<f64>, seed: u64) -> Result<(), TestCaseError> {
+    let p = &rounded(p0);
     let o = &p.options;
     let dims = p.dims();
     let (nb, l, nh, np, ng, nn) = (
@@ -321,12 +391,12 @@ fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), Te
         dims.dstate,
     );
     let f = ChunkedForward::run(&p.inputs(), o).unwrap();
-    let dout = random_array(&[nb, l, nh, np], seed)
+    let dout: Array4<f64> = r(&random_array(&[nb, l, nh, np], seed)
         .into_dimensionality()
-        .unwrap();
-    let dfinal: Array4<f64> = random_array(&[nb, nh, np, nn], seed ^ 1)
+        .unwrap());
+    let dfinal: Array4<f64> = r(&random_array(&[nb, nh, np, nn], seed ^ 1)
         .into_dimensionality()
-        .unwrap();
+        .unwrap());
     let seq = seq_dev(g, p);
     let sv = p.seq_idx.as_ref().map(|s| s.view());
     let (x, dt, a, b, c) = (
@@ -339,22 +409,28 @@ fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), Te
     let bias = up_opt(g, p.dt_bias.as_ref());
     let d = up_opt(g, p.d.as_ref());
     let z = up_opt(g, p.z.as_ref());
-    let (dt_r, dacs_r) = (up(g, &f.dt_bhcq), up(g, &f.dacs_bhcq));
-    let (cb_r, prev_r) = (up(g, &f.cb_bcgqq), up(g, &f.prev_states_bchpn));
-    let y_r = up_opt(g, f.y.as_ref());
-    let dout_g = up(g, &dout);
+    let (dt64, dacs64, cb64, prev64) = (
+        r(&f.dt_bhcq),
+        r(&f.dacs_bhcq),
+        r(&f.cb_bcgqq),
+        r(&f.prev_states_bchpn),
+    );
+    let y64 = f.y.as_ref().map(r);
+    let (dt_r, dacs_r, cb_r, prev_r) = (up(g, &dt64), up(g, &dacs64), up(g, &cb64), up(g, &prev64));
+    let y_r = up_opt(g, y64.as_ref());
+    let (xa, ba, ca) = (ab(&p.x), ab(&p.b), ab(&p.c));
 
     // chunk_scan_bwd_dz
     let (dy, dz, dd) = reference::chunk_scan_bwd_dz(
         dout.view(),
         p.x.view(),
-        f.y.as_ref().map(|v| v.view()),
+        y64.as_ref().map(|v| v.view()),
         p.z.as_ref().map(|v| v.view()),
         p.d.as_ref().map(|v| v.view()),
     )
     .unwrap();
     let (dy_g, dz_g, dd_g) = g
-        .chunk_scan_bwd_dz(&dout_g, &x, y_r.as_ref(), z.as_ref(), d.as_ref())
+        .chunk_scan_bwd_dz(&up(g, &dout), &x, y_r.as_ref(), z.as_ref(), d.as_ref())
         .unwrap();
     close("chunk_scan_bwd_dz dy", &down(g, &dy_g), &dy, GRADIENT_F32)?;
     prop_assert_eq!(dz_g.is_some(), dz.is_some());
@@ -374,11 +450,13 @@ fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), Te
             GRADIENT_F32,
         )?;
     }
+    let dy = r(&dy);
     let dy_r = up(g, &dy);
+    let dya = ab(&dy);
 
     // chunk_scan_bwd_dstates
     let dprev =
-        reference::chunk_scan_bwd_dstates(p.c.view(), dy.view(), f.dacs_bhcq.view(), sv).unwrap();
+        reference::chunk_scan_bwd_dstates(p.c.view(), dy.view(), dacs64.view(), sv).unwrap();
     let dprev_g = g
         .chunk_scan_bwd_dstates(&c, &dy_r, &dacs_r, seq.as_ref())
         .unwrap();
@@ -390,18 +468,23 @@ fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), Te
     )?;
 
     // state_passing_bwd (with and without dfinal)
+    let dprev = r(&dprev);
     let dprev_r = up(g, &dprev);
     for with_final in [true, false] {
-        let dfin = with_final.then(|| dfinal.view());
-        let (ds, di, dc) = reference::state_passing_bwd(
-            f.prev_states_bchpn.view(),
-            f.dacs_bhcq.view(),
-            dprev.view(),
-            dfin,
-            sv,
-            l,
-        )
-        .unwrap();
+        let run =
+            |prev: &ndarray::Array5<f64>, dprev: &ndarray::Array5<f64>, dfinal: &Array4<f64>| {
+                reference::state_passing_bwd(
+                    prev.view(),
+                    dacs64.view(),
+                    dprev.view(),
+                    with_final.then(|| dfinal.view()),
+                    sv,
+                    l,
+                )
+                .unwrap()
+            };
+        let (ds, di, dc) = run(&prev64, &dprev, &dfinal);
+        let (_, _, dc_mag) = run(&ab(&prev64), &ab(&dprev), &ab(&dfinal));
         let dfin_g = with_final.then(|| up(g, &dfinal));
         let (ds_g, di_g, dc_g) = g
             .state_passing_bwd(&prev_r, &dacs_r, &dprev_r, dfin_g.as_ref(), seq.as_ref(), l)
@@ -418,37 +501,48 @@ fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), Te
             &di,
             GRADIENT_F32,
         )?;
-        close(
+        close_mag(
             "state_passing_bwd ddA_chunk",
             &down(g, &dc_g),
             &dc,
+            &dc_mag,
             GRADIENT_F32,
         )?;
     }
     let (dstates, _, _) = reference::state_passing_bwd(
-        f.prev_states_bchpn.view(),
-        f.dacs_bhcq.view(),
+        prev64.view(),
+        dacs64.view(),
         dprev.view(),
         Some(dfinal.view()),
         sv,
         l,
     )
     .unwrap();
+    let dstates = r(&dstates);
     let dstates_r = up(g, &dstates);
+    let dsa = ab(&dstates);
 
     // chunk_scan_chunk_state_bwd_dx
-    let (dx, ddt_direct) = reference::chunk_scan_chunk_state_bwd_dx(
-        p.x.view(),
-        f.dt_bhcq.view(),
-        f.dacs_bhcq.view(),
-        p.b.view(),
-        f.cb_bcgqq.view(),
-        dy.view(),
-        dstates.view(),
-        p.d.as_ref().map(|v| v.view()),
-        sv,
-    )
-    .unwrap();
+    let dx_run = |x: &Array4<f64>,
+                  b: &Array4<f64>,
+                  cb: &ndarray::Array5<f64>,
+                  dy: &Array4<f64>,
+                  ds: &ndarray::Array5<f64>| {
+        reference::chunk_scan_chunk_state_bwd_dx(
+            x.view(),
+            dt64.view(),
+            dacs64.view(),
+            b.view(),
+            cb.view(),
+            dy.view(),
+            ds.view(),
+            p.d.as_ref().map(|v| v.view()),
+            sv,
+        )
+        .unwrap()
+    };
+    let (dx, ddt_direct) = dx_run(&p.x, &p.b, &cb64, &dy, &dstates);
+    let (_, ddt_mag) = dx_run(&xa, &ba, &ab(&cb64), &dya, &dsa);
     let (dx_g, ddt_g) = g
         .chunk_scan_chunk_state_bwd_dx(
             &x,
@@ -463,66 +557,69 @@ fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), Te
         )
         .unwrap();
     close("bwd_dx dx", &down(g, &dx_g), &dx, GRADIENT_F32)?;
-    close(
+    close_mag(
         "bwd_dx ddt_direct",
         &down(g, &ddt_g),
         &ddt_direct,
+        &ddt_mag,
         GRADIENT_F32,
     )?;
 
     // chunk_state_bwd_db
-    let (db, next) = reference::chunk_state_bwd_db(
-        p.x.view(),
-        p.b.view(),
-        f.dt_bhcq.view(),
-        f.dacs_bhcq.view(),
-        dstates.view(),
-        sv,
-    )
-    .unwrap();
+    let db_run = |x: &Array4<f64>, b: &Array4<f64>, ds: &ndarray::Array5<f64>| {
+        reference::chunk_state_bwd_db(
+            x.view(),
+            b.view(),
+            dt64.view(),
+            dacs64.view(),
+            ds.view(),
+            sv,
+        )
+        .unwrap()
+    };
+    let (db, next) = db_run(&p.x, &p.b, &dstates);
+    let (_, next_mag) = db_run(&xa, &ba, &dsa);
     let (db_g, next_g) = g
         .chunk_state_bwd_db(&x, &b, &dt_r, &dacs_r, &dstates_r, seq.as_ref())
         .unwrap();
     close("chunk_state_bwd_db dB", &down(g, &db_g), &db, GRADIENT_F32)?;
-    close(
+    close_mag(
         "chunk_state_bwd_db ddA_next",
         &down(g, &next_g),
         &next,
+        &next_mag,
         GRADIENT_F32,
     )?;
 
     // chunk_scan_bwd_dc
-    let (dc, v) = reference::chunk_scan_bwd_dc(
-        f.prev_states_bchpn.view(),
-        f.dacs_bhcq.view(),
-        p.c.view(),
-        dy.view(),
-        sv,
-    )
-    .unwrap();
+    let dc_run = |prev: &ndarray::Array5<f64>, c: &Array4<f64>, dy: &Array4<f64>| {
+        reference::chunk_scan_bwd_dc(prev.view(), dacs64.view(), c.view(), dy.view(), sv).unwrap()
+    };
+    let (dc, v) = dc_run(&prev64, &p.c, &dy);
+    let (_, v_mag) = dc_run(&ab(&prev64), &ca, &dya);
     let (dc_g, v_g) = g
         .chunk_scan_bwd_dc(&prev_r, &dacs_r, &c, &dy_r, seq.as_ref())
         .unwrap();
     close("chunk_scan_bwd_dc dC", &down(g, &dc_g), &dc, GRADIENT_F32)?;
-    close("chunk_scan_bwd_dc V", &down(g, &v_g), &v, GRADIENT_F32)?;
+    close_mag(
+        "chunk_scan_bwd_dc V",
+        &down(g, &v_g),
+        &v,
+        &v_mag,
+        GRADIENT_F32,
+    )?;
 
     // chunk_scan_bwd_dcb
-    let dcb = reference::chunk_scan_bwd_dcb(
-        p.x.view(),
-        f.dt_bhcq.view(),
-        f.dacs_bhcq.view(),
-        dy.view(),
-        ng,
-    )
-    .unwrap();
+    let dcb = reference::chunk_scan_bwd_dcb(p.x.view(), dt64.view(), dacs64.view(), dy.view(), ng)
+        .unwrap();
     let dcb_g = g.chunk_scan_bwd_dcb(&x, &dt_r, &dacs_r, &dy_r, ng).unwrap();
     close("chunk_scan_bwd_dcb", &down(g, &dcb_g), &dcb, GRADIENT_F32)?;
 
     // bmm_chunk_bwd, on the reference dCB and on a full (not lower-triangular) random dCB
-    let dcb_full: ndarray::Array5<f64> = random_array(dcb.shape(), seed ^ 2)
+    let dcb_full: ndarray::Array5<f64> = r(&random_array(dcb.shape(), seed ^ 2)
         .into_dimensionality()
-        .unwrap();
-    for (what, dcb_in) in [("dCB", &dcb), ("random full dCB", &dcb_full)] {
+        .unwrap());
+    for (what, dcb_in) in [("dCB", &r(&dcb)), ("random full dCB", &dcb_full)] {
         let (bdb, bdc) =
             reference::bmm_chunk_bwd(p.c.view(), p.b.view(), dcb_in.view(), sv).unwrap();
         let (bdb_g, bdc_g) = g
@@ -543,35 +640,43 @@ fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), Te
     }
 
     // chunk_scan_bwd_ddacs_stable
-    let intra = reference::chunk_scan_bwd_ddacs_stable(
-        p.x.view(),
-        f.dt_bhcq.view(),
-        f.dacs_bhcq.view(),
-        dy.view(),
-        f.cb_bcgqq.view(),
-    )
-    .unwrap();
+    let intra_run = |x: &Array4<f64>, dy: &Array4<f64>, cb: &ndarray::Array5<f64>| {
+        reference::chunk_scan_bwd_ddacs_stable(
+            x.view(),
+            dt64.view(),
+            dacs64.view(),
+            dy.view(),
+            cb.view(),
+        )
+        .unwrap()
+    };
+    let intra = intra_run(&p.x, &dy, &cb64);
+    let intra_mag = intra_run(&xa, &dya, &ab(&cb64));
     let intra_g = g
         .chunk_scan_bwd_ddacs_stable(&x, &dt_r, &dacs_r, &dy_r, &cb_r)
         .unwrap();
-    close(
+    close_mag(
         "chunk_scan_bwd_ddacs_stable",
         &down(g, &intra_g),
         &intra,
+        &intra_mag,
         GRADIENT_F32,
     )?;
 
-    // chunk_cumsum_bwd on a random total ddA
-    let dda: Array4<f64> = random_array(&[nb, nh, f.dt_bhcq.shape()[2], o.chunk_size], seed ^ 3)
-        .into_dimensionality()
-        .unwrap();
-    // zero at padded positions, as every producer leaves them
-    let mut dda = dda;
+    // chunk_cumsum_bwd on a random total ddA (zero at padded positions, as every producer
+    // leaves them)
+    let mut dda: Array4<f64> = r(&random_array(
+        &[nb, nh, f.dt_bhcq.shape()[2], o.chunk_size],
+        seed ^ 3,
+    )
+    .into_dimensionality()
+    .unwrap());
     for ((_, _, cc, i), v) in dda.indexed_iter_mut() {
         if cc * o.chunk_size + i >= l {
             *v = 0.0;
         }
     }
+    let ddt_direct = r(&ddt_direct);
     let (ddt, da, dbias) = reference::chunk_cumsum_bwd(
         dda.view(),
         ddt_direct.view(),
@@ -585,7 +690,7 @@ fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), Te
         .chunk_cumsum_bwd(&up(g, &dda), &up(g, &ddt_direct), &dt, &a, bias.as_ref(), o)
         .unwrap();
     close("chunk_cumsum_bwd ddt", &down(g, &ddt_g), &ddt, GRADIENT_F32)?;
-    let (mag_a, mag_b) = cumsum_bwd_magnitudes(p, &dda, &f.dt_bhcq, &ddt);
+    let (mag_a, mag_b) = cumsum_bwd_magnitudes(p, &ab(&dda), &f.dt_bhcq, &ddt);
     close_scalars(
         "chunk_cumsum_bwd dA",
         down(g, &da_g).as_slice().unwrap(),
@@ -606,21 +711,17 @@ fn check_backward_kernels(g: &Gpu, p: &Problem<f64>, seed: u64) -> Result<(), Te
     Ok(())
 }
 
-/// Σ|ddA · Δ| and Σ|ddt| per head.
+/// Σ|ddA|·Δ (ddA given as magnitudes) and Σ|ddt| per head.
 fn cumsum_bwd_magnitudes(
     p: &Problem<f64>,
-    dda: &Array4<f64>,
+    dda_mag: &Array4<f64>,
     dt_bhcq: &Array4<f64>,
     ddt: &Array3<f64>,
 ) -> (Vec<f64>, Vec<f64>) {
     let nh = p.dims().nheads;
     let mut ma = vec![0.0; nh];
     let mut mb = vec![0.0; nh];
-    for ((_, h, _, _), v) in dda.indexed_iter() {
-        let _ = v;
-        let _ = h;
-    }
-    ndarray::Zip::indexed(dda)
+    ndarray::Zip::indexed(dda_mag)
         .and(dt_bhcq)
         .for_each(|(_, h, _, _), a, d| ma[h] += (a * d).abs());
     for ((_, _, h), v) in ddt.indexed_iter() {
@@ -636,7 +737,7 @@ fn backward_kernels_match_reference() {
         "backward kernels",
         config(40),
         (problem(), any::<u64>()),
-        |(p, _)| describe(p),
+        |(p, seed)| format!("{} (dout seed {seed})", describe(p)),
         |(p, seed)| check_backward_kernels(&g, p, *seed),
     );
 }
@@ -646,10 +747,11 @@ fn backward_kernels_match_reference() {
 
 fn check_combined(
     g: &Gpu,
-    p: &Problem<f64>,
+    p0: &Problem<f64>,
     seed: u64,
     backward: bool,
 ) -> Result<(), TestCaseError> {
+    let p = &rounded(p0);
     let pf = p.to_f32();
     let want = reference::ssd_chunked(&p.inputs(), &p.options).unwrap();
     let got = g
@@ -666,17 +768,19 @@ fn check_combined(
         return Ok(());
     }
     let dims = p.dims();
-    let dout: Array4<f64> =
-        random_array(&[dims.batch, dims.seqlen, dims.nheads, dims.headdim], seed)
-            .into_dimensionality()
-            .unwrap();
+    let dout: Array4<f64> = r(&random_array(
+        &[dims.batch, dims.seqlen, dims.nheads, dims.headdim],
+        seed,
+    )
+    .into_dimensionality()
+    .unwrap());
     let with_final = seed % 3 != 0;
-    let dfinal: Array4<f64> = random_array(
+    let dfinal: Array4<f64> = r(&random_array(
         &[dims.batch, dims.nheads, dims.headdim, dims.dstate],
         seed ^ 5,
     )
     .into_dimensionality()
-    .unwrap();
+    .unwrap());
     let (gw, aw) = reference::mamba_chunk_scan_combined_bwd(
         &p.inputs(),
         &p.options,
@@ -708,10 +812,6 @@ fn check_gradients(
     close("ddt", &gg.ddt, &gw.ddt, GRADIENT_F32)?;
     close("dB", &gg.db, &gw.db, GRADIENT_F32)?;
     close("dC", &gg.dc, &gw.dc, GRADIENT_F32)?;
-    close("A adjoint intra", &ag.intra, &aw.intra, GRADIENT_F32)?;
-    close("A adjoint next", &ag.next, &aw.next, GRADIENT_F32)?;
-    close("A adjoint prev", &ag.prev, &aw.prev, GRADIENT_F32)?;
-    close("A adjoint chunk", &ag.chunk, &aw.chunk, GRADIENT_F32)?;
     prop_assert_eq!(gg.dz.is_some(), gw.dz.is_some());
     if let (Some(a), Some(b)) = (&gg.dz, &gw.dz) {
         close("dz", a, b, GRADIENT_F32)?;
@@ -720,10 +820,24 @@ fn check_gradients(
     if let (Some(a), Some(b)) = (&gg.dinitial_states, &gw.dinitial_states) {
         close("dinitial_states", a, b, GRADIENT_F32)?;
     }
+    // The four A-adjoint contributions sum to the reference ddA; each is judged against the
+    // norm of the four's magnitudes (one can be negligible next to the others, e.g. the state
+    // path of a chunk whose tokens decay by e^-14 before its end).
+    let sum32 = &(&(&ag.intra + &ag.next) + &ag.prev) + &ag.chunk;
+    let dda = &(&(&aw.intra + &aw.next) + &aw.prev) + &aw.chunk;
+    close("Σ A adjoint = ddA", &sum32, &dda, GRADIENT_F32)?;
+    let mag = ab(&aw.intra) + ab(&aw.next) + ab(&aw.prev) + ab(&aw.chunk);
+    for (name, a, b) in [
+        ("A adjoint intra", &ag.intra, &aw.intra),
+        ("A adjoint next", &ag.next, &aw.next),
+        ("A adjoint prev", &ag.prev, &aw.prev),
+        ("A adjoint chunk", &ag.chunk, &aw.chunk),
+    ] {
+        close_mag(name, a, b, &mag, GRADIENT_F32)?;
+    }
     // per-head scalars, relative to the magnitude of their terms
     let f = ChunkedForward::run(&p.inputs(), &p.options).unwrap();
-    let dda = &aw.intra + &aw.next + &aw.prev + &aw.chunk;
-    let (mag_a, mag_b) = cumsum_bwd_magnitudes(p, &dda, &f.dt_bhcq, &gw.ddt);
+    let (mag_a, mag_b) = cumsum_bwd_magnitudes(p, &mag, &f.dt_bhcq, &gw.ddt);
     close_scalars(
         "dA",
         gg.da.as_slice().unwrap(),
@@ -778,7 +892,7 @@ fn combined_backward_matches_reference() {
         "combined backward",
         config(40),
         (problem(), any::<u64>()),
-        |(p, _)| describe(p),
+        |(p, seed)| format!("{} (dout seed {seed})", describe(p)),
         |(p, seed)| check_combined(&g, p, *seed, true),
     );
 }
@@ -1295,7 +1409,7 @@ fn bad_input_is_an_error() {
     assert!(matches!(e, SsdError::ShapeMismatch { .. }), "{e}");
     let e = g.bmm_chunk(&b, &b, 0, None).unwrap_err();
     assert_eq!(e, SsdError::ZeroChunkSize);
-    let dt_bad = g.upload(&Array4::<f32>::zeros((1, 2, 3, 8))).unwrap();
+    let dt_bad = g.upload(&Array4::<f32>::zeros((1, 2, 4, 8))).unwrap();
     let e = g.chunk_state(&b, &x, &dt_bad, &dt_bad, None).unwrap_err();
     assert!(
         matches!(e, SsdError::ShapeMismatch { tensor: "dt", .. }),
@@ -1365,7 +1479,7 @@ fn small_problems_sweep() {
         "small problems",
         config(96),
         (spec_within(Limits::small()), any::<u64>()),
-        |(s, _)| format!("{s:?}"),
+        |(s, seed)| format!("{s:?} (dout seed {seed})"),
         |(s, seed)| {
             let p = s.build();
             check_forward_kernels(&g, &p)?;

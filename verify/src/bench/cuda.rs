@@ -253,6 +253,117 @@ fn decode_row(
     })
 }
 
+/// Time of every kernel of the combined forward and backward at `sh`, ms (median of `reps`),
+/// through the per-kernel API on device-resident intermediates (`bmm_chunk` computes the full
+/// Q × Q block here; the combined op only the lower triangle of tiles). For finding where the
+/// time goes.
+pub fn breakdown(sh: &Shape, reps: usize) -> Result<Vec<(String, f64)>, SsdError> {
+    let gpu = Gpu::new()?;
+    gpu.compile()?;
+    let options = Options {
+        chunk_size: sh.chunk_size,
+        dt_softplus: true,
+        dt_limit: (0.0, f64::INFINITY),
+    };
+    let inp = upload_inputs(&gpu, sh, &options)?;
+    let (nb, l, nh, np, ng) = (sh.batch, sh.seqlen, sh.nheads, sh.headdim, sh.ngroups);
+    let dout = gpu.zeros::<f32, _>(Ix4(nb, l, nh, np))?;
+    gpu.fill_hash(&dout, 0xD0, 12f32.sqrt())?;
+    let f = gpu.chunked_forward(&inp, &options)?;
+    let g = &gpu;
+    let (dt, dacs) = (&f.dt_bhcq, &f.dacs_bhcq);
+    let states = g.chunk_state(&inp.b, &inp.x, dt, dacs, None)?;
+    let (dy, _, _) = g.chunk_scan_bwd_dz(&dout, &inp.x, None, None, inp.d.as_ref())?;
+    let dprev = g.chunk_scan_bwd_dstates(&inp.c, &dy, dacs, None)?;
+    let (dstates, _, _) = g.state_passing_bwd(&f.prev_states_bchpn, dacs, &dprev, None, None, l)?;
+    let dcb = g.chunk_scan_bwd_dcb(&inp.x, dt, dacs, &dy, ng)?;
+    let cb_full = g.bmm_chunk(&inp.c, &inp.b, sh.chunk_size, None)?;
+    let nc = l.div_ceil(sh.chunk_size);
+    let dda = gpu.zeros::<f32, _>(Ix4(nb, nh, nc, sh.chunk_size))?;
+    let mut rows = Vec::new();
+    let mut t = |name: &str, f: &mut dyn FnMut() -> Result<(), SsdError>| -> Result<(), SsdError> {
+        let ms = time_ms(g, reps, 1, f)?;
+        rows.push((name.to_string(), ms));
+        Ok(())
+    };
+    t("chunk_cumsum", &mut || {
+        g.chunk_cumsum(&inp.dt, &inp.a, inp.dt_bias.as_ref(), &options)
+            .map(|_| ())
+    })?;
+    t("chunk_state", &mut || {
+        g.chunk_state(&inp.b, &inp.x, dt, dacs, None).map(|_| ())
+    })?;
+    t("state_passing", &mut || {
+        g.state_passing(&states, dacs, None, None, l).map(|_| ())
+    })?;
+    t("bmm_chunk (full)", &mut || {
+        g.bmm_chunk(&inp.c, &inp.b, sh.chunk_size, None).map(|_| ())
+    })?;
+    t("chunk_scan", &mut || {
+        g.chunk_scan(
+            &f.cb_bcgqq,
+            &inp.x,
+            dt,
+            dacs,
+            &inp.c,
+            &f.prev_states_bchpn,
+            inp.d.as_ref(),
+            None,
+            None,
+        )
+        .map(|_| ())
+    })?;
+    t("chunk_scan_bwd_dz", &mut || {
+        g.chunk_scan_bwd_dz(&dout, &inp.x, None, None, inp.d.as_ref())
+            .map(|_| ())
+    })?;
+    t("chunk_scan_bwd_dstates", &mut || {
+        g.chunk_scan_bwd_dstates(&inp.c, &dy, dacs, None)
+            .map(|_| ())
+    })?;
+    t("state_passing_bwd", &mut || {
+        g.state_passing_bwd(&f.prev_states_bchpn, dacs, &dprev, None, None, l)
+            .map(|_| ())
+    })?;
+    t("chunk_scan_chunk_state_bwd_dx", &mut || {
+        g.chunk_scan_chunk_state_bwd_dx(
+            &inp.x,
+            dt,
+            dacs,
+            &inp.b,
+            &f.cb_bcgqq,
+            &dy,
+            &dstates,
+            inp.d.as_ref(),
+            None,
+        )
+        .map(|_| ())
+    })?;
+    t("chunk_scan_bwd_dcb", &mut || {
+        g.chunk_scan_bwd_dcb(&inp.x, dt, dacs, &dy, ng).map(|_| ())
+    })?;
+    t("bmm_chunk_bwd (full K)", &mut || {
+        g.bmm_chunk_bwd(&inp.c, &inp.b, &dcb, None).map(|_| ())
+    })?;
+    t("chunk_state_bwd_db", &mut || {
+        g.chunk_state_bwd_db(&inp.x, &inp.b, dt, dacs, &dstates, None)
+            .map(|_| ())
+    })?;
+    t("chunk_scan_bwd_dc", &mut || {
+        g.chunk_scan_bwd_dc(&f.prev_states_bchpn, dacs, &inp.c, &dy, None)
+            .map(|_| ())
+    })?;
+    t("chunk_scan_bwd_ddacs_stable", &mut || {
+        g.chunk_scan_bwd_ddacs_stable(&inp.x, dt, dacs, &dy, &cb_full)
+            .map(|_| ())
+    })?;
+    t("chunk_cumsum_bwd", &mut || {
+        g.chunk_cumsum_bwd(&dda, &dda, &inp.dt, &inp.a, inp.dt_bias.as_ref(), &options)
+            .map(|_| ())
+    })?;
+    Ok(rows)
+}
+
 /// The rows as a fixed-width table.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut s = format!(

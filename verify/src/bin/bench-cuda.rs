@@ -1,7 +1,8 @@
 //! `bench-cuda [--reps N] [--json] [SHAPE…]`: the CUDA benchmark of DESIGN.md §6 (also reached as
 //! `ssd-verify bench cuda`, which calls [`ssd_verify::bench::cuda::run`]). Shapes: G1, G2, G3 and
 //! `decode` (the decode step at G1's sizes); default: all four. Prints the kernels' resource
-//! report (registers, local memory) first with `--resources`.
+//! report (registers, local memory) first with `--resources`, and the time of every kernel with
+//! `--breakdown`.
 
 use ssd_verify::bench::{cuda, GPU_SHAPES};
 
@@ -9,6 +10,7 @@ fn main() -> std::process::ExitCode {
     let mut reps = 20;
     let mut json = false;
     let mut resources = false;
+    let mut breakdown = false;
     let mut names = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -16,6 +18,7 @@ fn main() -> std::process::ExitCode {
             "--reps" => reps = args.next().and_then(|v| v.parse().ok()).unwrap_or(reps),
             "--json" => json = true,
             "--resources" => resources = true,
+            "--breakdown" => breakdown = true,
             _ => names.push(a),
         }
     }
@@ -44,6 +47,22 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             return std::process::ExitCode::FAILURE;
+        }
+    }
+    if breakdown {
+        for sh in &shapes {
+            match cuda::breakdown(sh, reps) {
+                Ok(rows) => {
+                    eprintln!("{} per kernel (ms):", sh.name);
+                    for (name, ms) in rows {
+                        eprintln!("  {name:32} {ms:9.4}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
         }
     }
     match cuda::run(&shapes, decode, reps) {
