@@ -3,31 +3,53 @@
 //! scalar scan over x, B, C, z took 4–6% of the S2 forward). A tensor that holds a non-finite
 //! value is handed to the reference's `check_finite`, so the error is the reference's exactly.
 
+use crate::par::{for_each_tile, Par};
 use ndarray::{ArrayView, Dimension};
 use ssd_reference::validate::{
     check_a, check_d, check_dt_limit, check_finite, check_groups, check_seq_idx, check_shape,
 };
 use ssd_reference::{Dims, Inputs, Options, SsdError};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Whether every element of `s` is finite (branch-free blocks, so the compiler vectorises).
-fn all_finite(s: &[f32]) -> bool {
-    s.chunks(256)
-        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
+/// Whether every element of `s` is finite (branch-free blocks, so the compiler vectorises;
+/// pieces of 64 Ki elements spread over `par`).
+fn all_finite(s: &[f32], par: Par) -> bool {
+    let ok = AtomicBool::new(true);
+    let pieces: Vec<&[f32]> = s.chunks(1 << 16).collect();
+    for_each_tile(
+        par,
+        pieces,
+        || (),
+        |_, piece| {
+            let fine = piece
+                .chunks(256)
+                .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()));
+            if !fine {
+                ok.store(false, Ordering::Relaxed);
+            }
+        },
+    );
+    ok.into_inner()
 }
 
 /// The reference's `check_finite`, with a vectorised pass first.
 pub(crate) fn finite<D: Dimension>(
     tensor: &'static str,
     v: &ArrayView<'_, f32, D>,
+    par: Par,
 ) -> Result<(), SsdError> {
     match v.as_slice_memory_order() {
-        Some(s) if all_finite(s) => Ok(()),
+        Some(s) if all_finite(s, par) => Ok(()),
         _ => check_finite(tensor, v),
     }
 }
 
 /// [`ssd_reference::validate`] for f32 inputs (same checks, order and errors).
-pub(crate) fn validate(inputs: &Inputs<'_, f32>, options: &Options) -> Result<Dims, SsdError> {
+pub(crate) fn validate(
+    inputs: &Inputs<'_, f32>,
+    options: &Options,
+    par: Par,
+) -> Result<Dims, SsdError> {
     let (batch, seqlen, nheads, headdim) = inputs.x.dim();
     let (_, _, ngroups, dstate) = inputs.b.dim();
     let dims = Dims {
@@ -68,21 +90,21 @@ pub(crate) fn validate(inputs: &Inputs<'_, f32>, options: &Options) -> Result<Di
         check_seq_idx(s)?;
     }
     check_a(&inputs.a)?;
-    finite("x", &inputs.x)?;
-    finite("dt", &inputs.dt)?;
-    finite("B", &inputs.b)?;
-    finite("C", &inputs.c)?;
+    finite("x", &inputs.x, par)?;
+    finite("dt", &inputs.dt, par)?;
+    finite("B", &inputs.b, par)?;
+    finite("C", &inputs.c, par)?;
     if let Some(d) = &inputs.d {
-        finite("D", d)?;
+        finite("D", d, par)?;
     }
     if let Some(z) = &inputs.z {
-        finite("z", z)?;
+        finite("z", z, par)?;
     }
     if let Some(v) = &inputs.dt_bias {
-        finite("dt_bias", v)?;
+        finite("dt_bias", v, par)?;
     }
     if let Some(v) = &inputs.initial_states {
-        finite("initial_states", v)?;
+        finite("initial_states", v, par)?;
     }
     Ok(dims)
 }

@@ -140,7 +140,7 @@ fn run_owned(
     alg: Algorithm,
     par: Par,
 ) -> Result<Outputs<f32>, SsdError> {
-    let d = validate(inputs, options)?;
+    let d = validate(inputs, options, par)?;
     let mut out = Array4::<f32>::zeros((d.batch, d.seqlen, d.nheads, d.headdim));
     let mut fin = Array4::<f32>::zeros((d.batch, d.nheads, d.headdim, d.dstate));
     forward(
@@ -170,7 +170,7 @@ pub fn mamba_chunk_scan_combined_into(
     workspace: &mut Workspace,
     par: Par,
 ) -> Result<(), SsdError> {
-    let d = validate(inputs, options)?;
+    let d = validate(inputs, options, par)?;
     check_shape(
         "out",
         &[d.batch, d.seqlen, d.nheads, d.headdim],

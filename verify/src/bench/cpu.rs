@@ -33,10 +33,12 @@ pub const GEMM_SIZE: usize = 2048;
 /// Runs the CPU benchmark: one `forward` row per shape of `shapes`, one `decode` row for
 /// `decode` (a shape with l = 1, e.g. [`super::D1`]), each a median of `reps` timed runs.
 ///
-/// Extra figures per row: `gemm_gflops` (the ceiling), for forward rows `ms_alloc` (the owned-
-/// output API, allocating its intermediates, vs the `_into` API with a reused workspace that
-/// `median_ms` reports), `ggml_ms` and `ggml_ratio` (> 1: faster than ggml's recurrent scan);
-/// for the decode row `bytes_per_s`, `copy_bytes_per_s` and `copy_ms`.
+/// Extra figures per row: `gemm_gflops` (the ceiling); for forward rows `cpu_ms` (median CPU
+/// time of all threads per call: on a loaded machine `cpu_ms / threads` estimates the wall time
+/// with the cores to itself), `ms_alloc` (the owned-output API, allocating its outputs and
+/// intermediates, against the `_into` API with a reused workspace that `median_ms` reports),
+/// `ggml_ms` and `ggml_ratio` (> 1: faster than ggml's recurrent scan); for the decode row
+/// `bytes_per_s`, `copy_bytes_per_s` and `copy_ms`.
 pub fn run(
     shapes: &[Shape],
     decode: Option<Shape>,
@@ -56,15 +58,38 @@ pub fn run(
 }
 
 /// Median wall time of `f` in ms (`reps` timed runs after one warm-up).
-fn time_ms(reps: usize, mut f: impl FnMut() -> Result<(), SsdError>) -> Result<f64, SsdError> {
+fn time_ms(reps: usize, f: impl FnMut() -> Result<(), SsdError>) -> Result<f64, SsdError> {
+    Ok(time_ms_cpu(reps, f)?.0)
+}
+
+/// Median wall time and median CPU time (all threads of the process) of `f`, in ms.
+fn time_ms_cpu(
+    reps: usize,
+    mut f: impl FnMut() -> Result<(), SsdError>,
+) -> Result<(f64, f64), SsdError> {
     f()?;
     let mut t = Vec::with_capacity(reps);
+    let mut c = Vec::with_capacity(reps);
     for _ in 0..reps {
+        let c0 = process_cpu_ns();
         let t0 = Instant::now();
         f()?;
         t.push(t0.elapsed().as_secs_f64() * 1e3);
+        c.push((process_cpu_ns() - c0) * 1e-6);
     }
-    Ok(median(&mut t))
+    Ok((median(&mut t), median(&mut c)))
+}
+
+/// CPU time of every thread of this process so far, ns (Linux `schedstat`; NaN elsewhere).
+/// On a loaded machine the wall time includes waiting for a core; the CPU time does not.
+pub fn process_cpu_ns() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// f32 GEMM `n × n × n` on every thread of the global pool, GFLOP/s (median).
@@ -126,7 +151,7 @@ fn forward_row(sh: &Shape, reps: usize, par: Par, gemm: f64) -> Result<BenchRow,
     let mut ws = Workspace::new();
     let mut out = Array4::<f32>::zeros(p.x.raw_dim());
     let mut fin = Array4::<f32>::zeros((sh.batch, sh.nheads, sh.headdim, sh.dstate));
-    let ms = time_ms(reps, || {
+    let (ms, cpu_ms) = time_ms_cpu(reps, || {
         ssd_cpu::mamba_chunk_scan_combined_into(
             &inputs,
             &p.options,
@@ -142,6 +167,7 @@ fn forward_row(sh: &Shape, reps: usize, par: Par, gemm: f64) -> Result<BenchRow,
     let gflops = sh.forward_flops() / (ms * 1e-3) / 1e9;
     let mut extra = vec![
         ("gemm_gflops".to_string(), gemm),
+        ("cpu_ms".into(), cpu_ms),
         ("ms_alloc".into(), ms_alloc),
     ];
     if let Some(g) = ggml_ms(sh.name) {
