@@ -1,5 +1,6 @@
 //! The CUDA backend against the float64 reference: every kernel on drawn problems (forward
-//! `rel_l2 ≤ FORWARD_F32`, gradients `≤ GRADIENT_F32`), the combined forward and backward for
+//! `rel_l2 ≤ FORWARD_F32`, gradients `≤ GRADIENT_F32`; the forward kernels also beside the CPU
+//! backend's), the combined forward and backward for
 //! every option, chunk size and `seq_idx`, bit-identical reruns, a sequence whose `x` has 2³¹
 //! elements, bad input and an absent device.
 //!
@@ -270,6 +271,35 @@ fn close_mag<D: Dimension>(
     Ok(())
 }
 
+/// The CUDA and the CPU (`ssd_cpu`) result of one kernel on the same f32 inputs: each is within
+/// `tol` of the float64 truth (the CUDA one is checked against it just before), so by the
+/// triangle inequality they agree to `2·tol` relative to the truth's norm.
+fn agree_with_cpu<D: Dimension>(
+    name: &str,
+    gpu: &Array<f32, D>,
+    cpu: &Array<f32, D>,
+    want: &Array<f64, D>,
+    tol: f64,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(gpu.shape(), cpu.shape(), "{}: shape", name);
+    let num = gpu
+        .iter()
+        .zip(cpu.iter())
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let e = if num == 0.0 { 0.0 } else { num / den };
+    prop_assert!(
+        e <= 2.0 * tol,
+        "{}: CUDA vs CPU {:e} > 2·{:e}",
+        name,
+        e,
+        tol
+    );
+    Ok(())
+}
+
 fn check_forward_kernels(g: &Gpu, p0: &Problem<f64>) -> Result<(), TestCaseError> {
     let p = &rounded(p0);
     let o = &p.options;
@@ -289,11 +319,26 @@ fn check_forward_kernels(g: &Gpu, p0: &Problem<f64>) -> Result<(), TestCaseError
     let z = up_opt(g, p.z.as_ref());
     let init = up_opt(g, p.initial_states.as_ref());
 
+    let pf = p.to_f32();
+    let par = ssd_cpu::Par::rayon(0);
+    let sv32 = pf.seq_idx.as_ref().map(|s| s.view());
     let (dt_g, dacs_g) = g.chunk_cumsum(&dt, &a, bias.as_ref(), o).unwrap();
-    close("chunk_cumsum dt", &down(g, &dt_g), &f.dt_bhcq, FORWARD_F32)?;
-    close(
+    let (dt_g, dacs_g) = (down(g, &dt_g), down(g, &dacs_g));
+    close("chunk_cumsum dt", &dt_g, &f.dt_bhcq, FORWARD_F32)?;
+    close("chunk_cumsum dA_cumsum", &dacs_g, &f.dacs_bhcq, FORWARD_F32)?;
+    let (dt_c, dacs_c) = ssd_cpu::chunk_cumsum(
+        pf.dt.view(),
+        pf.a.view(),
+        pf.dt_bias.as_ref().map(|v| v.view()),
+        o,
+        par,
+    )
+    .unwrap();
+    agree_with_cpu("chunk_cumsum dt", &dt_g, &dt_c, &f.dt_bhcq, FORWARD_F32)?;
+    agree_with_cpu(
         "chunk_cumsum dA_cumsum",
-        &down(g, &dacs_g),
+        &dacs_g,
+        &dacs_c,
         &f.dacs_bhcq,
         FORWARD_F32,
     )?;
@@ -302,8 +347,22 @@ fn check_forward_kernels(g: &Gpu, p0: &Problem<f64>) -> Result<(), TestCaseError
     let (dt_r, dacs_r) = (up(g, &dt64), up(g, &dacs64));
     let states =
         reference::chunk_state(p.b.view(), p.x.view(), dt64.view(), dacs64.view(), sv).unwrap();
-    let states_g = g.chunk_state(&b, &x, &dt_r, &dacs_r, seq.as_ref()).unwrap();
-    close("chunk_state", &down(g, &states_g), &states, FORWARD_F32)?;
+    let states_g = down(
+        g,
+        &g.chunk_state(&b, &x, &dt_r, &dacs_r, seq.as_ref()).unwrap(),
+    );
+    close("chunk_state", &states_g, &states, FORWARD_F32)?;
+    let (dt32, dacs32) = (f32a(&dt64), f32a(&dacs64));
+    let states_c = ssd_cpu::chunk_state(
+        pf.b.view(),
+        pf.x.view(),
+        dt32.view(),
+        dacs32.view(),
+        sv32,
+        par,
+    )
+    .unwrap();
+    agree_with_cpu("chunk_state", &states_g, &states_c, &states, FORWARD_F32)?;
 
     let states64 = r(&states);
     let (prev, fin) = reference::state_passing(
@@ -317,21 +376,38 @@ fn check_forward_kernels(g: &Gpu, p0: &Problem<f64>) -> Result<(), TestCaseError
     let (prev_g, fin_g) = g
         .state_passing(&up(g, &states64), &dacs_r, init.as_ref(), seq.as_ref(), l)
         .unwrap();
-    close(
+    let (prev_g, fin_g) = (down(g, &prev_g), down(g, &fin_g));
+    close("state_passing prev_states", &prev_g, &prev, FORWARD_F32)?;
+    close("state_passing final_states", &fin_g, &fin, FORWARD_F32)?;
+    let init32 = pf.initial_states.as_ref();
+    let (prev_c, fin_c) = ssd_cpu::state_passing(
+        f32a(&states64).view(),
+        dacs32.view(),
+        init32.map(|v| v.view()),
+        sv32,
+        l,
+        par,
+    )
+    .unwrap();
+    agree_with_cpu(
         "state_passing prev_states",
-        &down(g, &prev_g),
+        &prev_g,
+        &prev_c,
         &prev,
         FORWARD_F32,
     )?;
-    close(
+    agree_with_cpu(
         "state_passing final_states",
-        &down(g, &fin_g),
+        &fin_g,
+        &fin_c,
         &fin,
         FORWARD_F32,
     )?;
 
-    let cb_g = g.bmm_chunk(&c, &b, o.chunk_size, seq.as_ref()).unwrap();
-    close("bmm_chunk", &down(g, &cb_g), &f.cb_bcgqq, FORWARD_F32)?;
+    let cb_g = down(g, &g.bmm_chunk(&c, &b, o.chunk_size, seq.as_ref()).unwrap());
+    close("bmm_chunk", &cb_g, &f.cb_bcgqq, FORWARD_F32)?;
+    let cb_c = ssd_cpu::bmm_chunk(pf.c.view(), pf.b.view(), o.chunk_size, sv32, par).unwrap();
+    agree_with_cpu("bmm_chunk", &cb_g, &cb_c, &f.cb_bcgqq, FORWARD_F32)?;
 
     let (cb64, prev64) = (r(&f.cb_bcgqq), r(&f.prev_states_bchpn));
     let (out, y) = reference::chunk_scan(
@@ -359,11 +435,39 @@ fn check_forward_kernels(g: &Gpu, p0: &Problem<f64>) -> Result<(), TestCaseError
             seq.as_ref(),
         )
         .unwrap();
-    close("chunk_scan out", &down(g, &out_g), &out, FORWARD_F32)?;
+    let out_g = down(g, &out_g);
+    close("chunk_scan out", &out_g, &out, FORWARD_F32)?;
     prop_assert_eq!(y_g.is_some(), y.is_some());
     if let (Some(a), Some(b)) = (&y_g, &y) {
         close("chunk_scan y", &down(g, a), b, FORWARD_F32)?;
     }
+    let (cb32, prev32) = (f32a(&cb64), f32a(&prev64));
+    let (out_c, _) = ssd_cpu::chunk_scan(
+        cb32.view(),
+        pf.x.view(),
+        dt32.view(),
+        dacs32.view(),
+        pf.c.view(),
+        prev32.view(),
+        pf.d.as_ref().map(|v| v.view()),
+        pf.z.as_ref().map(|v| v.view()),
+        sv32,
+        par,
+    )
+    .unwrap();
+    agree_with_cpu("chunk_scan out", &out_g, &out_c, &out, FORWARD_F32)?;
+    // and the combined forward
+    let got = g.mamba_chunk_scan_combined_host(&pf.inputs(), o).unwrap();
+    let cpu = ssd_cpu::mamba_chunk_scan_combined(&pf.inputs(), o, par).unwrap();
+    let want = reference::ssd_chunked(&p.inputs(), o).unwrap();
+    agree_with_cpu("combined out", &got.out, &cpu.out, &want.out, FORWARD_F32)?;
+    agree_with_cpu(
+        "combined final_states",
+        &got.final_states,
+        &cpu.final_states,
+        &want.final_states,
+        FORWARD_F32,
+    )?;
     Ok(())
 }
 
