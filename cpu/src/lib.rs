@@ -1,7 +1,8 @@
 //! # ssd-cpu
 //!
 //! The Mamba-2 SSD layer (state space duality) on the CPU, in f32: SIMD along the contiguous
-//! axis (`wide::f32x8`) and threads over independent (batch, chunk, head) tiles (rayon).
+//! axis (`wide::f32x8`) and threads over independent (batch, chunk, head) or (batch, head)
+//! tiles (rayon).
 //! The same kernels, names and semantics as the float64 truth in [`ssd_reference`]; see
 //! DESIGN.md §2 and `docs/kernels.md`.
 //!
@@ -10,7 +11,9 @@
 //!
 //! - The combined forward [`mamba_chunk_scan_combined`] (and [`mamba_chunk_scan_combined_into`]
 //!   with caller buffers and a reusable [`Workspace`]), composed of the five chunked kernels
-//!   [`chunk_cumsum`], [`chunk_state`], [`state_passing`], [`bmm_chunk`], [`chunk_scan`];
+//!   [`chunk_cumsum`], [`chunk_state`], [`state_passing`], [`bmm_chunk`], [`chunk_scan`]
+//!   (the last three fused per (batch, head), in chunks of `min(Q, 64)` tokens); the forms
+//!   [`ssd_chunked`] (the same) and [`ssd_recurrent`] (the literal recurrence);
 //! - the decode step [`selective_state_update`] (state in place, slots, padding rows);
 //! - [`rmsnorm_gated`] and [`swiglu`].
 //!
@@ -21,6 +24,11 @@
 //!
 //! Build for the machine (`RUSTFLAGS="-C target-cpu=native"`) where it has AVX-512; the
 //! workspace default is `x86-64-v3` (AVX2 + FMA), which `wide` needs to emit 256-bit FMA.
+//!
+//! Performance (DESIGN.md §6; `bench-cpu` in ssd-verify): the combined forward does `≈ 4np`
+//! FLOPs per token and head for the state plus `≈ Q·p` inside a chunk, as register-blocked
+//! products (6 × 16 tiles of `f32x8` FMAs). The decode step streams the state once and runs at
+//! a large fraction of a copy's bandwidth.
 
 mod decode;
 mod forward;

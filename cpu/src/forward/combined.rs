@@ -65,9 +65,9 @@ impl Workspace {
 /// `y_c = diag(e) C_c P_cᵀ + (L ∘ C_c B_cᵀ) diag(Δ) X_c` (+ `D x`, `z` gate), then
 /// `P_{c+1} = exp(a_last) P_c + Bᵀ diag(exp(a_last − a) Δ) X_c`.
 ///
-/// Validates once (the checks and errors of [`ssd_reference::validate`]); every option of the reference is supported
-/// (groups, `D` (h) or (h, p), `z`, `dt_bias`, softplus, `dt_limit`, `initial_states`,
-/// `seq_idx`, any chunk size, a ragged last chunk).
+/// Validates once (the checks and errors of [`ssd_reference::validate()`]); every option of
+/// the reference is supported (groups, `D` (h) or (h, p), `z`, `dt_bias`, softplus,
+/// `dt_limit`, `initial_states`, `seq_idx`, any chunk size, a ragged last chunk).
 ///
 /// ```
 /// use ndarray::{Array1, Array3, Array4};
