@@ -30,6 +30,7 @@
 //! products (6 × 16 tiles of `f32x8` FMAs). The decode step streams the state once and runs at
 //! a large fraction of a copy's bandwidth.
 
+mod backward;
 mod decode;
 mod forward;
 mod norm;
@@ -38,6 +39,19 @@ mod simd;
 mod tile;
 mod validate;
 
+pub use backward::bmm_chunk_bwd::bmm_chunk_bwd;
+pub use backward::chunk_cumsum_bwd::chunk_cumsum_bwd;
+pub use backward::chunk_scan_bwd_dc::chunk_scan_bwd_dc;
+pub use backward::chunk_scan_bwd_dcb::chunk_scan_bwd_dcb;
+pub use backward::chunk_scan_bwd_ddacs_stable::chunk_scan_bwd_ddacs_stable;
+pub use backward::chunk_scan_bwd_dstates::chunk_scan_bwd_dstates;
+pub use backward::chunk_scan_bwd_dz::chunk_scan_bwd_dz;
+pub use backward::chunk_scan_chunk_state_bwd_dx::chunk_scan_chunk_state_bwd_dx;
+pub use backward::chunk_state_bwd_db::chunk_state_bwd_db;
+pub use backward::combined::mamba_chunk_scan_combined_bwd;
+pub use backward::rmsnorm_gated_bwd::rmsnorm_gated_bwd;
+pub use backward::state_passing_bwd::state_passing_bwd;
+pub use backward::swiglu_bwd::swiglu_bwd;
 pub use decode::{selective_state_update, selective_state_update_into};
 pub use forward::bmm_chunk::bmm_chunk;
 pub use forward::chunk_cumsum::chunk_cumsum;
@@ -51,5 +65,6 @@ pub use forward::state_passing::state_passing;
 pub use norm::{rmsnorm_gated, swiglu};
 pub use par::Par;
 pub use ssd_reference::{
-    DecodeInputs, DecodeOptions, Inputs, Options, Outputs, RmsNormOptions, SsdError,
+    AAdjoint, DecodeInputs, DecodeOptions, Gradients, Inputs, Options, Outputs, RmsNormOptions,
+    SsdError,
 };

@@ -5,6 +5,7 @@
 //! CPU figure as a ratio to a ceiling measured in the same run.
 
 pub mod cpu;
+pub mod cpu_train;
 pub mod cuda;
 
 /// A benchmark shape (b, l, h, p, g, n, Q).

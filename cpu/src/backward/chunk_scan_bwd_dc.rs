@@ -1,0 +1,182 @@
+//! `chunk_scan_bwd_dc` [_chunk_scan_bwd_dc]: the gradient of `C` through the state term
+//! `[id_l = id_prev] exp(a_l) C_l · P_c` of `chunk_scan`, and that term's gradient w.r.t. the
+//! cumsum value `a_l`.
+//!
+//! `dC_l[n] += Σ_{heads of the group} e_l Σ_p P_c[p, n] dy_l[p]` with
+//! `e_l = [id_l = id_prev] exp(a_l)`, and `V_l = e_l ⟨dy_l ⊗ C_l, P_c⟩` (w.r.t. `a_l`, not the
+//! per-step decay: the combined backward turns it into `ddA_prev` by a reverse cumsum). 0 at
+//! padded positions.
+//!
+//! Per (batch, chunk, head): `dC_h = diag(e) dY P` register-blocked over rows `l` and vectors of
+//! n, added to the group's `dC` in head order, with `V_l = rowsum(dC_h ⊙ C)` in the epilogue.
+
+use super::micro::{fma_rows, for_tiles, TileOp};
+use super::pack::{group_tiles, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum, Scratch};
+use crate::forward::chunk_state::pn_to_slabs;
+use crate::forward::{flat, Geom, Seq};
+use crate::par::{for_each_tile, split_mut, Par};
+use crate::simd::{load, store, V, W};
+use crate::SsdError;
+use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, Axis};
+use ssd_reference::chunking::check_bhcq;
+use ssd_reference::validate::{check_groups, check_shape};
+
+struct DcOp<'a> {
+    dy: &'a [f32],
+    pp: usize,
+    np: usize,
+    p_t: &'a [f32],
+    nnp: usize,
+    e: &'a [f32],
+    cp: &'a [f32],
+    dc: &'a mut [f32],
+    v: &'a mut [f32],
+}
+
+impl TileOp for DcOp<'_> {
+    #[inline(always)]
+    fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize) {
+        let (pp, np, nnp) = (self.pp, self.np, self.nnp);
+        let rows: [&[f32]; R] = std::array::from_fn(|r| &self.dy[(r0 + r) * pp..][..np]);
+        let mut acc = [[V::ZERO; NV]; R];
+        fma_rows(&mut acc, rows, &self.p_t[v0 * W..], nnp, np);
+        for r in 0..R {
+            let l = r0 + r;
+            let e = V::splat(self.e[l]);
+            let mut part = V::ZERO;
+            for v in 0..NV {
+                let col = l * nnp + (v0 + v) * W;
+                let a = acc[r][v] * e;
+                part = a.mul_add(load(&self.cp[col..]), part);
+                let o = load(&self.dc[col..]);
+                store(&mut self.dc[col..], o + a);
+            }
+            self.v[l] += part.reduce_add();
+        }
+    }
+}
+
+/// Adds `diag(e_prev) dY P` of one head to `s.dc` and writes `V` into `s.v[..len]`.
+///
+/// Reads from the scratch: `dy` (packed dy rows), `p_t` (`P_c` as (p, n)), `e_prev`, `cp`.
+pub(crate) fn dc_head(g: &Geom, len: usize, s: &mut Scratch, any_prev: bool) {
+    s.v[..len].fill(0.0);
+    if !any_prev {
+        return;
+    }
+    let nnp = nnp(g);
+    let mut op = DcOp {
+        dy: &s.dy,
+        pp: g.pp,
+        np: g.np,
+        p_t: &s.p_t,
+        nnp,
+        e: &s.e_prev,
+        cp: &s.cp,
+        dc: &mut s.dc,
+        v: &mut s.v,
+    };
+    for_tiles(&mut op, len, nnp / W);
+}
+
+/// Returns `(dc_blgn, ddacs_prev_bhcq)` (`V`, w.r.t. the cumsum `a_l`).
+///
+/// Errors: shapes (`C`, `dA_cumsum`, `states`, `seq_idx`), groups that do not divide the heads.
+pub fn chunk_scan_bwd_dc(
+    prev_states_bchpn: ArrayView5<'_, f32>,
+    dacs_bhcq: ArrayView4<'_, f32>,
+    c_blgn: ArrayView4<'_, f32>,
+    dy_blhp: ArrayView4<'_, f32>,
+    seq_idx: Option<ArrayView2<'_, i32>>,
+    par: Par,
+) -> Result<(Array4<f32>, Array4<f32>), SsdError> {
+    let (nb, l, nh, np) = dy_blhp.dim();
+    let (_, _, ng, nn) = c_blgn.dim();
+    check_shape("C", &[nb, l, ng, nn], c_blgn.shape())?;
+    check_groups(nh, ng)?;
+    let (nc, q) = check_bhcq("dA_cumsum", dacs_bhcq.shape(), nb, nh, l)?;
+    check_shape("states", &[nb, nc, nh, np, nn], prev_states_bchpn.shape())?;
+    if let Some(s) = &seq_idx {
+        check_shape("seq_idx", &[nb, l], s.shape())?;
+    }
+    let g = Geom::new(
+        ssd_reference::Dims {
+            batch: nb,
+            seqlen: l,
+            nheads: nh,
+            headdim: np,
+            ngroups: ng,
+            dstate: nn,
+        },
+        q,
+    );
+    let (hi, cm, dy) = (flat(&dacs_bhcq), flat(&c_blgn), flat(&dy_blhp));
+    let mut prev = vec![0.0f32; nb * nc * nh * g.slab()];
+    pn_to_slabs(&g, &flat(&prev_states_bchpn), &mut prev);
+    let ids = seq_idx.as_ref().map(flat);
+    let seq = Seq {
+        ids: ids.as_deref(),
+        l,
+        q,
+    };
+    let cum = Cum {
+        dt: &hi,
+        hi: &hi,
+        lo: None,
+    };
+    let (hpg, nnp) = (g.hpg(), nnp(&g));
+    let mut dc = Array4::<f32>::zeros((nb, l, ng, nn));
+    let mut v_bchq = vec![0.0f32; nb * nc * nh * q];
+    let tiles: Vec<_> = group_tiles(&g, dc.view_mut(), 1)
+        .into_iter()
+        .zip(split_mut(&mut v_bchq, nb * nc * ng, hpg * q))
+        .enumerate()
+        .collect();
+    for_each_tile(
+        par,
+        tiles,
+        || Scratch::new(&g),
+        |s, (i, (dct, vout))| {
+            let (b, c, hg) = (i / (nc * ng), (i / ng) % nc, i % ng);
+            let (t0, len) = g.chunk(c);
+            pack_rows(
+                &cm,
+                g.bc_at(b, t0, hg),
+                ng * nn,
+                nn,
+                len,
+                nnp,
+                None,
+                &mut s.cp,
+            );
+            s.dc[..len * nnp].fill(0.0);
+            for j in 0..hpg {
+                let h = hg * hpg + j;
+                s.load_head(&g, cum, b, h, c);
+                let any_prev = s.decay_prev(&g, seq, b, c);
+                pack_rows(
+                    &dy,
+                    g.x_at(b, t0, h),
+                    nh * np,
+                    np,
+                    len,
+                    g.pp,
+                    None,
+                    &mut s.dy,
+                );
+                let slab = &prev[((b * nc + c) * nh + h) * g.slab()..][..g.slab()];
+                slab_to_pn_padded(slab, nn, np, g.pp, nnp, &mut s.p_t);
+                dc_head(&g, len, s, any_prev);
+                vout[j * q..j * q + len].copy_from_slice(&s.v[..len]);
+            }
+            unpack_rows(&s.dc, nnp, &mut dct.index_axis_move(Axis(1), 0));
+        },
+    );
+    let mut v = Array4::<f32>::zeros((nb, nh, nc, q));
+    super::pack::bchq_to_bhcq(
+        &g,
+        &v_bchq,
+        v.as_slice_mut().expect("owned array is contiguous"),
+    );
+    Ok((dc, v))
+}

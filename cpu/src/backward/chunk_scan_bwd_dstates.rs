@@ -1,0 +1,158 @@
+//! `chunk_scan_bwd_dstates` [_chunk_scan_bwd_dstates]: the gradient of the state entering each
+//! chunk through the outputs of the chunk's tokens.
+//!
+//! `dP_c[p, n] = Σ_{l in c, id_l = id_prev} exp(a_l) dy_l[p] C_l[n]`, where `id_prev` is the id of
+//! the last token before the chunk (0 for the first chunk): the adjoint of the state term
+//! `exp(a_l) C_l · P_c` of `chunk_scan`. Output (b, c, h, p, n).
+//!
+//! Per (batch, chunk, head) tile: `dYe = diag(e) dY` packed (len × p), then the (n, p) slab
+//! `dPᵀ = Cᵀ dYe`, register-blocked with p along the vectors (the layout of `chunk_state`).
+
+use super::micro::{fma_cols, for_tiles, TileOp};
+use super::pack::{pack_rows, Cum, Scratch};
+use crate::forward::chunk_state::slabs_to_pn;
+use crate::forward::{flat, Geom, Seq};
+use crate::par::{for_each_tile, split_mut, Par};
+use crate::simd::{store, V, W};
+use crate::SsdError;
+use ndarray::{Array5, ArrayView2, ArrayView4};
+use ssd_reference::chunking::check_bhcq;
+use ssd_reference::validate::{check_groups, check_shape};
+
+struct DpOp<'a> {
+    cm: &'a [f32],
+    ks: usize,
+    dye: &'a [f32],
+    pp: usize,
+    len: usize,
+    slab: &'a mut [f32],
+}
+
+impl TileOp for DpOp<'_> {
+    #[inline(always)]
+    fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize) {
+        let mut acc = [[V::ZERO; NV]; R];
+        fma_cols(
+            &mut acc,
+            &self.cm[r0..],
+            self.ks,
+            &self.dye[v0 * W..],
+            self.pp,
+            self.len,
+        );
+        for r in 0..R {
+            for v in 0..NV {
+                store(
+                    &mut self.slab[(r0 + r) * self.pp + (v0 + v) * W..],
+                    acc[r][v],
+                );
+            }
+        }
+    }
+}
+
+/// The (n, pp) slab `dPᵀ = Cᵀ dYe` of one (b, c, h) from `dye` (len × pp, rows already scaled by
+/// `e_prev`); `any` false means every `e_prev` is 0 (the slab is 0).
+pub(crate) fn dstates_tile(
+    g: &Geom,
+    cm: &[f32],
+    b: usize,
+    c: usize,
+    hg: usize,
+    dye: &[f32],
+    any: bool,
+    slab: &mut [f32],
+) {
+    let (t0, len) = g.chunk(c);
+    if !any || len == 0 {
+        slab.fill(0.0);
+        return;
+    }
+    let mut op = DpOp {
+        cm: &cm[g.bc_at(b, t0, hg)..],
+        ks: g.ng * g.nn,
+        dye,
+        pp: g.pp,
+        len,
+        slab,
+    };
+    for_tiles(&mut op, g.nn, g.pp / W);
+}
+
+/// Returns `dprev_states_bchpn`, (b, c, h, p, n).
+///
+/// Errors: shapes (`C`, `dA_cumsum`, `seq_idx`), groups that do not divide the heads.
+pub fn chunk_scan_bwd_dstates(
+    c_blgn: ArrayView4<'_, f32>,
+    dy_blhp: ArrayView4<'_, f32>,
+    dacs_bhcq: ArrayView4<'_, f32>,
+    seq_idx: Option<ArrayView2<'_, i32>>,
+    par: Par,
+) -> Result<Array5<f32>, SsdError> {
+    let (nb, l, nh, np) = dy_blhp.dim();
+    let (_, _, ng, nn) = c_blgn.dim();
+    check_shape("C", &[nb, l, ng, nn], c_blgn.shape())?;
+    check_groups(nh, ng)?;
+    let (nc, q) = check_bhcq("dA_cumsum", dacs_bhcq.shape(), nb, nh, l)?;
+    if let Some(s) = &seq_idx {
+        check_shape("seq_idx", &[nb, l], s.shape())?;
+    }
+    let g = Geom::new(
+        ssd_reference::Dims {
+            batch: nb,
+            seqlen: l,
+            nheads: nh,
+            headdim: np,
+            ngroups: ng,
+            dstate: nn,
+        },
+        q,
+    );
+    let (cm, dy, hi) = (flat(&c_blgn), flat(&dy_blhp), flat(&dacs_bhcq));
+    let ids = seq_idx.as_ref().map(flat);
+    let seq = Seq {
+        ids: ids.as_deref(),
+        l,
+        q,
+    };
+    let cum = Cum {
+        dt: &hi,
+        hi: &hi,
+        lo: None,
+    };
+    let mut slabs = vec![0.0f32; nb * nc * nh * g.slab()];
+    let tiles: Vec<_> = split_mut(&mut slabs, nb * nc * nh, g.slab())
+        .into_iter()
+        .enumerate()
+        .collect();
+    for_each_tile(
+        par,
+        tiles,
+        || Scratch::new(&g),
+        |s, (i, slab)| {
+            let (b, c, h) = (i / (nc * nh), (i / nh) % nc, i % nh);
+            let (t0, len) = g.chunk(c);
+            s.load_head(&g, cum, b, h, c);
+            let any = s.decay_prev(&g, seq, b, c);
+            let first = g.x_at(b, t0, h);
+            pack_rows(
+                &dy,
+                first,
+                nh * np,
+                np,
+                len,
+                g.pp,
+                Some(&s.e_prev),
+                &mut s.dy,
+            );
+            dstates_tile(&g, &cm, b, c, h / g.hpg(), &s.dy, any, slab);
+        },
+    );
+    let mut out = Array5::<f32>::zeros((nb, nc, nh, np, nn));
+    slabs_to_pn(
+        &g,
+        &slabs,
+        out.as_slice_mut().expect("owned array is contiguous"),
+    );
+    Ok(out)
+}

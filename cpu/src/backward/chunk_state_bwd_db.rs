@@ -1,0 +1,191 @@
+//! `chunk_state_bwd_db` [_chunk_state_bwd_db]: the gradient of `B` through the chunk's own state
+//! `S_c = Σ_s [id_s = id_end] exp(a_last − a_s) Δ_s x_s ⊗ B_s`, and the adjoint `ddA_next` of
+//! the per-step log decays inside that sum.
+//!
+//! `dB_s[n] += Σ_{heads of the group} w_s Σ_p dS_c[p, n] x_s[p]` with
+//! `w_s = [id_s = id_end] Δ_s exp(a_last − a_s)`; with `U_s = w_s ⟨x_s ⊗ B_s, dS_c⟩`,
+//! `ddA_next_k = Σ_{s < k} U_s` (an exclusive prefix sum), 0 at padded positions.
+//!
+//! Per (batch, chunk, head): `dB_h = diag(w) X dS` register-blocked over rows `s` and vectors of
+//! n, added to the group's `dB` in head order, with `U_s = rowsum(dB_h ⊙ B)` in the epilogue.
+
+use super::micro::{fma_rows, for_tiles, TileOp};
+use super::pack::{
+    exclusive_prefix, group_tiles, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum, Scratch,
+};
+use crate::forward::chunk_state::pn_to_slabs;
+use crate::forward::{flat, Geom, Seq};
+use crate::par::{for_each_tile, split_mut, Par};
+use crate::simd::{load, store, V, W};
+use crate::SsdError;
+use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, Axis};
+use ssd_reference::chunking::check_bhcq;
+use ssd_reference::validate::{check_groups, check_shape};
+
+struct DbOp<'a> {
+    xp: &'a [f32],
+    pp: usize,
+    np: usize,
+    ds_t: &'a [f32],
+    nnp: usize,
+    w: &'a [f32],
+    bp: &'a [f32],
+    db: &'a mut [f32],
+    u: &'a mut [f32],
+}
+
+impl TileOp for DbOp<'_> {
+    #[inline(always)]
+    fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize) {
+        let (pp, np, nnp) = (self.pp, self.np, self.nnp);
+        let rows: [&[f32]; R] = std::array::from_fn(|r| &self.xp[(r0 + r) * pp..][..np]);
+        let mut acc = [[V::ZERO; NV]; R];
+        fma_rows(&mut acc, rows, &self.ds_t[v0 * W..], nnp, np);
+        for r in 0..R {
+            let s = r0 + r;
+            let ws = V::splat(self.w[s]);
+            let mut part = V::ZERO;
+            for v in 0..NV {
+                let col = s * nnp + (v0 + v) * W;
+                let a = acc[r][v] * ws;
+                part = a.mul_add(load(&self.bp[col..]), part);
+                let o = load(&self.db[col..]);
+                store(&mut self.db[col..], o + a);
+            }
+            self.u[s] += part.reduce_add();
+        }
+    }
+}
+
+/// Adds `diag(w) X dS` of one head to `s.db` and writes `U` into `s.u[..len]`.
+///
+/// Reads from the scratch: `xp` (packed x rows), `ds_t` (`dS_c` as (p, n)), `w`, `bp`.
+pub(crate) fn db_head(g: &Geom, len: usize, s: &mut Scratch, any_state: bool) {
+    s.u[..len].fill(0.0);
+    if !any_state {
+        return;
+    }
+    let nnp = nnp(g);
+    let mut op = DbOp {
+        xp: &s.xp,
+        pp: g.pp,
+        np: g.np,
+        ds_t: &s.ds_t,
+        nnp,
+        w: &s.w,
+        bp: &s.bp,
+        db: &mut s.db,
+        u: &mut s.u,
+    };
+    for_tiles(&mut op, len, nnp / W);
+}
+
+/// Returns `(db_blgn, ddA_next_bhcq)`.
+///
+/// Errors: shapes (`B`, `dt`, `dA_cumsum`, `dstates`, `seq_idx`), groups that do not divide the
+/// heads.
+pub fn chunk_state_bwd_db(
+    x_blhp: ArrayView4<'_, f32>,
+    b_blgn: ArrayView4<'_, f32>,
+    dt_bhcq: ArrayView4<'_, f32>,
+    dacs_bhcq: ArrayView4<'_, f32>,
+    dstates_bchpn: ArrayView5<'_, f32>,
+    seq_idx: Option<ArrayView2<'_, i32>>,
+    par: Par,
+) -> Result<(Array4<f32>, Array4<f32>), SsdError> {
+    let (nb, l, nh, np) = x_blhp.dim();
+    let (_, _, ng, nn) = b_blgn.dim();
+    check_shape("B", &[nb, l, ng, nn], b_blgn.shape())?;
+    check_groups(nh, ng)?;
+    let (nc, q) = check_bhcq("dt", dt_bhcq.shape(), nb, nh, l)?;
+    check_shape("dA_cumsum", dt_bhcq.shape(), dacs_bhcq.shape())?;
+    check_shape("dstates", &[nb, nc, nh, np, nn], dstates_bchpn.shape())?;
+    if let Some(s) = &seq_idx {
+        check_shape("seq_idx", &[nb, l], s.shape())?;
+    }
+    let g = Geom::new(
+        ssd_reference::Dims {
+            batch: nb,
+            seqlen: l,
+            nheads: nh,
+            headdim: np,
+            ngroups: ng,
+            dstate: nn,
+        },
+        q,
+    );
+    let (x, dt, hi, bm) = (
+        flat(&x_blhp),
+        flat(&dt_bhcq),
+        flat(&dacs_bhcq),
+        flat(&b_blgn),
+    );
+    let mut ds = vec![0.0f32; nb * nc * nh * g.slab()];
+    pn_to_slabs(&g, &flat(&dstates_bchpn), &mut ds);
+    let ids = seq_idx.as_ref().map(flat);
+    let seq = Seq {
+        ids: ids.as_deref(),
+        l,
+        q,
+    };
+    let cum = Cum {
+        dt: &dt,
+        hi: &hi,
+        lo: None,
+    };
+    let (hpg, nnp) = (g.hpg(), nnp(&g));
+    let mut db = Array4::<f32>::zeros((nb, l, ng, nn));
+    let mut next_bchq = vec![0.0f32; nb * nc * nh * q];
+    let tiles: Vec<_> = group_tiles(&g, db.view_mut(), 1)
+        .into_iter()
+        .zip(split_mut(&mut next_bchq, nb * nc * ng, hpg * q))
+        .enumerate()
+        .collect();
+    for_each_tile(
+        par,
+        tiles,
+        || Scratch::new(&g),
+        |s, (i, (dbt, next))| {
+            let (b, c, hg) = (i / (nc * ng), (i / ng) % nc, i % ng);
+            let (t0, len) = g.chunk(c);
+            pack_rows(
+                &bm,
+                g.bc_at(b, t0, hg),
+                ng * nn,
+                nn,
+                len,
+                nnp,
+                None,
+                &mut s.bp,
+            );
+            s.db[..len * nnp].fill(0.0);
+            for j in 0..hpg {
+                let h = hg * hpg + j;
+                s.load_head(&g, cum, b, h, c);
+                let any_state = s.decay_state(&g, seq, b, c);
+                pack_rows(
+                    &x,
+                    g.x_at(b, t0, h),
+                    nh * np,
+                    np,
+                    len,
+                    g.pp,
+                    None,
+                    &mut s.xp,
+                );
+                let slab = &ds[((b * nc + c) * nh + h) * g.slab()..][..g.slab()];
+                slab_to_pn_padded(slab, nn, np, g.pp, nnp, &mut s.ds_t);
+                db_head(&g, len, s, any_state);
+                exclusive_prefix(&s.u, len, &mut next[j * q..(j + 1) * q]);
+            }
+            unpack_rows(&s.db, nnp, &mut dbt.index_axis_move(Axis(1), 0));
+        },
+    );
+    let mut next = Array4::<f32>::zeros((nb, nh, nc, q));
+    super::pack::bchq_to_bhcq(
+        &g,
+        &next_bchq,
+        next.as_slice_mut().expect("owned array is contiguous"),
+    );
+    Ok((db, next))
+}
