@@ -114,7 +114,18 @@ pub const FORWARD_F32: f64 = 1e-5;
 /// f32 gradients against float64: the backward chains two or three of the forward's sums
 /// (dP from dy, dS from dP, dx from dS) plus reverse cumsums over Q, so its rounding is a few
 /// times the forward's; 1e-4 bounds that with margin. Per-head scalars (`dA`, `ddt_bias`, `dD`)
-/// are judged with [`rel_to_magnitude`] against this same number.
+/// are judged with [`rel_to_magnitude`] against this same number (`dA_h` against
+/// `Σ (|ddA_intra| + |ddA_next| + |ddA_prev| + |ddA_chunk|) Δ`, `dD` against `Σ |dy ⊙ x|`).
+///
+/// `ddt` is judged, against this same number, relative to the norm of its terms' magnitudes,
+/// `(|A| (|ddA_intra| + |ddA_next| + |ddA_prev| + |ddA_chunk|) + |ddt_direct|) ∂Δ/∂u` per
+/// entry (and `ddt_bias_h` against their sum): `dΔ = A ddA + ddt_direct` adds the paths through
+/// the decay `exp(Δ A)` and through the input `Δ x ⊗ B`, which can cancel to a few percent of
+/// either; where `dt_limit` clamps all but a few positions, one such entry is the whole tensor,
+/// and f32 terms (each within ~3e-7 of their own size, measured) leave 1e-5–1e-3 of the
+/// difference. The four A-adjoint contributions are each judged against the norm of the four's
+/// magnitudes (one can be negligible next to the others, below f32's range); their sum against
+/// the float64 `ddA` with plain `rel_l2`.
 pub const GRADIENT_F32: f64 = 1e-4;
 
 /// Whether `err` passes `threshold` (NaN never passes).
