@@ -151,9 +151,11 @@ fn export_then_check_round_trip_passes() {
         ("some.npz", "D_head,z,seq_idx,dfinal_states"),
     ] {
         let path = export(&dir, name, &["--options", opts, "--seed", "3"]);
-        let (code, out, err) = check(&path, &["--backend", "reference"]);
+        // beside the default backend (cpu)
+        let (code, out, err) = check(&path, &[]);
         assert_eq!(code, Some(0), "{name}: {out}\n{err}");
         assert!(out.contains("PASS: every result"), "{out}");
+        assert!(out.contains("ours: cpu (f32)"), "{out}");
         let (code, out, _) = check(&path, &["--json", "--backend", "reference"]);
         assert_eq!(code, Some(0));
         assert!(out.contains("\"backend\":\"file\",\"tensor\":\"out\""));

@@ -1,5 +1,5 @@
-//! The CPU backend (`ssd-cpu`, f32, SIMD + rayon on every thread of the global pool): inputs
-//! rounded to f32, results widened to f64.
+//! The CPU backend (`ssd-cpu`, f32, SIMD + rayon on every thread of the global pool): every
+//! kernel of [`Kernel::ALL`] and the combined op, inputs rounded to f32, results widened to f64.
 
 use super::reference::t;
 use super::{Backend, KernelInputs, Precision, Tensors};
@@ -167,8 +167,178 @@ impl Backend for Cpu {
                     par,
                 )?),
             )],
-            // The CPU backward kernels are wired here once `ssd-cpu` has them.
-            _ => return Ok(None),
+            Kernel::RmsnormGatedBwd => {
+                let n = &i.norm;
+                let z = n.z.as_ref().map(f32s);
+                let (dx, dw, dz) = ssd_cpu::rmsnorm_gated_bwd(
+                    f32s(&n.x).view(),
+                    f32s(&n.weight).view(),
+                    z.as_ref().map(|v| v.view()),
+                    f32s(&n.dout).view(),
+                    &n.options,
+                    par,
+                )?;
+                let mut v = vec![t("dx", f64s(dx)), t("dweight", f64s(dw))];
+                if let Some(dz) = dz {
+                    v.push(t("dz", f64s(dz)));
+                }
+                v
+            }
+            Kernel::SwigluBwd => {
+                let sw = &i.swiglu;
+                let (dx, dy) = ssd_cpu::swiglu_bwd(
+                    f32s(&sw.x).view(),
+                    f32s(&sw.y).view(),
+                    f32s(&sw.dout).view(),
+                    par,
+                )?;
+                vec![t("dx", f64s(dx)), t("dy", f64s(dy))]
+            }
+            k => {
+                let bw = match &i.backward {
+                    Some(bw) => bw,
+                    None => return Ok(None),
+                };
+                let dy = f32s(&bw.dy);
+                let cb = f32s(&i.cb_bcgqq);
+                let prev = f32s(&i.prev_states_bchpn);
+                let dstates = f32s(&bw.dstates);
+                match k {
+                    Kernel::ChunkScanBwdDz => {
+                        let y = i.y.as_ref().map(f32s);
+                        let (dy, dz, dd) = ssd_cpu::chunk_scan_bwd_dz(
+                            f32s(&bw.dout).view(),
+                            p.x.view(),
+                            y.as_ref().map(|v| v.view()),
+                            p.z.as_ref().map(|v| v.view()),
+                            p.d.as_ref().map(|v| v.view()),
+                            par,
+                        )?;
+                        let mut v = vec![t("dy_blhp", f64s(dy))];
+                        if let Some(dz) = dz {
+                            v.push(t("dz_blhp", f64s(dz)));
+                        }
+                        if let Some(dd) = dd {
+                            v.push(t("dd", f64s(dd)));
+                        }
+                        v
+                    }
+                    Kernel::ChunkScanBwdDstates => vec![t(
+                        "dprev_states_bchpn",
+                        f64s(ssd_cpu::chunk_scan_bwd_dstates(
+                            p.c.view(),
+                            dy.view(),
+                            dacs.view(),
+                            seq(),
+                            par,
+                        )?),
+                    )],
+                    Kernel::StatePassingBwd => {
+                        let dfin = bw.dfinal_states.as_ref().map(f32s);
+                        let (ds, dinit, ddac) = ssd_cpu::state_passing_bwd(
+                            prev.view(),
+                            dacs.view(),
+                            f32s(&bw.dprev_states).view(),
+                            dfin.as_ref().map(|v| v.view()),
+                            seq(),
+                            l,
+                            par,
+                        )?;
+                        vec![
+                            t("dstates_bchpn", f64s(ds)),
+                            t("dinitial_states_bhpn", f64s(dinit)),
+                            t("dda_chunk_bhc", f64s(ddac)),
+                        ]
+                    }
+                    Kernel::ChunkScanChunkStateBwdDx => {
+                        let (dx, ddt) = ssd_cpu::chunk_scan_chunk_state_bwd_dx(
+                            p.x.view(),
+                            dt.view(),
+                            dacs.view(),
+                            p.b.view(),
+                            cb.view(),
+                            dy.view(),
+                            dstates.view(),
+                            p.d.as_ref().map(|v| v.view()),
+                            seq(),
+                            par,
+                        )?;
+                        vec![t("dx_blhp", f64s(dx)), t("ddt_direct_bhcq", f64s(ddt))]
+                    }
+                    Kernel::ChunkStateBwdDb => {
+                        let (db, next) = ssd_cpu::chunk_state_bwd_db(
+                            p.x.view(),
+                            p.b.view(),
+                            dt.view(),
+                            dacs.view(),
+                            dstates.view(),
+                            seq(),
+                            par,
+                        )?;
+                        vec![t("db_blgn", f64s(db)), t("dda_next_bhcq", f64s(next))]
+                    }
+                    Kernel::ChunkScanBwdDc => {
+                        let (dc, vprev) = ssd_cpu::chunk_scan_bwd_dc(
+                            prev.view(),
+                            dacs.view(),
+                            p.c.view(),
+                            dy.view(),
+                            seq(),
+                            par,
+                        )?;
+                        vec![t("dc_blgn", f64s(dc)), t("ddacs_prev_bhcq", f64s(vprev))]
+                    }
+                    Kernel::ChunkScanBwdDcb => vec![t(
+                        "dcb_bcgqq",
+                        f64s(ssd_cpu::chunk_scan_bwd_dcb(
+                            p.x.view(),
+                            dt.view(),
+                            dacs.view(),
+                            dy.view(),
+                            p.dims().ngroups,
+                            par,
+                        )?),
+                    )],
+                    Kernel::BmmChunkBwd => {
+                        let (db, dc) = ssd_cpu::bmm_chunk_bwd(
+                            p.c.view(),
+                            p.b.view(),
+                            f32s(&bw.dcb).view(),
+                            seq(),
+                            par,
+                        )?;
+                        vec![t("db_blgn", f64s(db)), t("dc_blgn", f64s(dc))]
+                    }
+                    Kernel::ChunkScanBwdDdacsStable => vec![t(
+                        "dda_intra_bhcq",
+                        f64s(ssd_cpu::chunk_scan_bwd_ddacs_stable(
+                            p.x.view(),
+                            dt.view(),
+                            dacs.view(),
+                            dy.view(),
+                            cb.view(),
+                            par,
+                        )?),
+                    )],
+                    Kernel::ChunkCumsumBwd => {
+                        let (ddt, da, dbias) = ssd_cpu::chunk_cumsum_bwd(
+                            f32s(&bw.dda).view(),
+                            f32s(&bw.ddt_direct).view(),
+                            p.dt.view(),
+                            p.a.view(),
+                            p.dt_bias.as_ref().map(|v| v.view()),
+                            &p.options,
+                            par,
+                        )?;
+                        let mut v = vec![t("ddt_blh", f64s(ddt)), t("da_h", f64s(da))];
+                        if let Some(db) = dbias {
+                            v.push(t("ddt_bias_h", f64s(db)));
+                        }
+                        v
+                    }
+                    _ => return Ok(None),
+                }
+            }
         }))
     }
 
@@ -183,11 +353,20 @@ impl Backend for Cpu {
 
     fn backward(
         &self,
-        _problem: &Problem<f64>,
-        _dout: &Array4<f64>,
-        _dfinal_states: Option<&Array4<f64>>,
+        problem: &Problem<f64>,
+        dout: &Array4<f64>,
+        dfinal_states: Option<&Array4<f64>>,
     ) -> Result<Option<Gradients<f64>>, SsdError> {
-        // `ssd-cpu` has no backward yet; the matrix reports it as MISSING.
-        Ok(None)
+        let p = problem.to_f32();
+        let dout = f32s(dout);
+        let dfin = dfinal_states.map(f32s);
+        let (g, _) = ssd_cpu::mamba_chunk_scan_combined_bwd(
+            &p.inputs(),
+            &p.options,
+            dout.view(),
+            dfin.as_ref().map(|v| v.view()),
+            self.par,
+        )?;
+        Ok(Some(super::cuda::widen_gradients(g)))
     }
 }
