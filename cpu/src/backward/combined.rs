@@ -27,7 +27,7 @@ use super::chunk_scan_chunk_state_bwd_dx::{dx_head, DxArgs};
 use super::chunk_state_bwd_db::db_head;
 use super::micro::{fma_rows, for_tiles, TileOp};
 use super::pack::{
-    decay_matrix, exclusive_prefix, group_tiles, nnp, pack_rows, slab_to_pn_padded,
+    decay_matrix, exclusive_prefix, group_tiles, nnp, pack_rows, prefetch_rows, slab_to_pn_padded,
     transpose_packed, unpack_rows, Cum, Scratch,
 };
 use super::state_passing_bwd::state_passing_bwd_core;
@@ -37,11 +37,12 @@ use crate::forward::chunk_state::{chunk_state_core, StateArgs};
 use crate::forward::state_passing::state_passing_core;
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
-use crate::simd::{load, load_partial, store, store_partial, V, W};
+use crate::simd::{load, load_partial, prefetch_range, store, store_partial, V, W};
+use crate::validate::{finite, validate};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
-use ssd_reference::validate::{check_finite, check_shape};
-use ssd_reference::{validate, AAdjoint, Gradients, Inputs, Options};
+use ssd_reference::validate::check_shape;
+use ssd_reference::{AAdjoint, Gradients, Inputs, Options};
 
 /// Gradients of the SSD op w.r.t. every input, and the four contributions to the adjoint of the
 /// per-step log decay `Δ_k A` (each (b, h, c, Q), 0 at padded positions), by the chunked
@@ -53,8 +54,8 @@ use ssd_reference::{validate, AAdjoint, Gradients, Inputs, Options};
 /// gradients are present exactly when the input is (`dD` in the shape of `D`).
 /// `ddA = intra + next + prev + chunk` and `dA_h = Σ ddA · Δ`.
 ///
-/// Validates once ([`ssd_reference::validate`], the shapes of `dout` and `dfinal_states`, and
-/// their finiteness); bad input is an [`SsdError`], never a panic.
+/// Validates once (the checks and errors of [`ssd_reference::validate()`], the shapes of `dout`
+/// and `dfinal_states`, and their finiteness); bad input is an [`SsdError`], never a panic.
 ///
 /// A training step — forward, a loss, backward, one step of gradient descent:
 ///
@@ -103,7 +104,7 @@ pub fn mamba_chunk_scan_combined_bwd(
     dfinal_states: Option<ArrayView4<'_, f32>>,
     par: Par,
 ) -> Result<(Gradients<f32>, AAdjoint<f32>), SsdError> {
-    let dims = validate(inputs, options)?;
+    let dims = validate(inputs, options, par)?;
     let (nb, l, nh, np, ng, nn) = (
         dims.batch,
         dims.seqlen,
@@ -113,10 +114,10 @@ pub fn mamba_chunk_scan_combined_bwd(
         dims.dstate,
     );
     check_shape("dout", &[nb, l, nh, np], dout.shape())?;
-    check_finite("dout", &dout)?;
+    finite("dout", &dout, par)?;
     if let Some(v) = &dfinal_states {
         check_shape("dfinal_states", &[nb, nh, np, nn], v.shape())?;
-        check_finite("dfinal_states", v)?;
+        finite("dfinal_states", v, par)?;
     }
     let g = Geom::new(dims, options.chunk_size);
     let (nc, q) = (g.nc, g.q);
@@ -544,6 +545,16 @@ fn dout_tile(
     }
     for j in 0..hpg {
         let h = hg * hpg + j;
+        if j + 1 < hpg {
+            let next = g.x_at(b, t0, h + 1);
+            prefetch_rows(cx.dout, next, rs, np, len);
+            if cx.dtab.is_some() || cx.z.is_some() {
+                prefetch_rows(cx.x, next, rs, np, len);
+            }
+            if let Some(z) = cx.z {
+                prefetch_rows(z, next, rs, np, len);
+            }
+        }
         s.load_head(g, cx.cum, b, h, c);
         let any_prev = s.decay_prev(g, cx.seq, b, c);
         let first = g.x_at(b, t0, h);
@@ -647,6 +658,21 @@ fn grad_tile(
     s.dc[..len * nnp].fill(0.0);
     for j in 0..hpg {
         let h = hg * hpg + j;
+        if j + 1 < hpg {
+            let next = g.x_at(b, t0, h + 1);
+            prefetch_rows(cx.x, next, rs, np, len);
+            match cx.z {
+                Some(_) => {
+                    let v = dxt.index_axis(Axis(1), j + 1);
+                    for row in v.rows() {
+                        if let Some(r) = row.as_slice() {
+                            prefetch_range(r, 0, np);
+                        }
+                    }
+                }
+                None => prefetch_rows(cx.dout, next, rs, np, len),
+            }
+        }
         let at = ((b * g.nc + c) * g.nh + h) * slab;
         s.load_head(g, cx.cum, b, h, c);
         let any_prev = s.decay_prev(g, cx.seq, b, c);

@@ -7,7 +7,7 @@
 
 use super::micro::mask_le;
 use crate::forward::{Geom, Seq};
-use crate::simd::{exp_nonpos, load, load_partial, pad, store, V, W};
+use crate::simd::{exp_nonpos, load, load_partial, pad, prefetch_range, store, V, W};
 use ndarray::{ArrayViewMut, ArrayViewMut3, ArrayViewMut4, Axis, RemoveAxis};
 
 /// n padded to a multiple of 8.
@@ -224,6 +224,15 @@ pub(crate) fn pack_rows(
             }
             store(&mut dst[r * kp + v..], x);
         }
+    }
+}
+
+/// Prefetches `len` rows of `k` floats (the first at `first`, row stride `rs`): the rows of one
+/// head are `h·p` floats apart, a stride the hardware prefetchers do not follow, and packing
+/// them stalled on every row (measured: 6% of the S2 backward in `pack_rows`).
+pub(crate) fn prefetch_rows(src: &[f32], first: usize, rs: usize, k: usize, len: usize) {
+    for r in 0..len {
+        prefetch_range(src, first + r * rs, k);
     }
 }
 
