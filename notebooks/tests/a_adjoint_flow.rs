@@ -3,10 +3,10 @@
 //! every deviation the notebook prints is below its threshold. Rendering is not tested here.
 
 use ssd_notebooks::a_adjoint_flow::{
-    chunk_sizes, duality_sweep, head_split, intra_adjoint, intra_truth, sequence_flow,
-    stability_sweep, FlowSpec, IntraForm, StabilitySpec,
+    backend_flow, chunk_sizes, duality_sweep, head_split, intra_adjoint, intra_truth,
+    sequence_flow, stability_sweep, Backend, FlowSpec, IntraForm, StabilitySpec,
 };
-use ssd_verify::tolerance::{rel_l2, FD_DIRECTIONAL, GRADS_F64};
+use ssd_verify::tolerance::{rel_l2, FD_DIRECTIONAL, GRADIENT_F32, GRADS_F64};
 
 /// Σ of the four contributions against the per-step adjoint of the literal recurrence, relative
 /// to its largest value. Both are float64 sums of at most Q + p·n ≈ 30 products per position,
@@ -157,4 +157,55 @@ fn closed_form_breaks_down_where_the_stable_form_does_not() {
         "strong stable f64 {:e}",
         strong.stable_f64
     );
+}
+
+/// The CPU f32 backend as the notebook runs it.
+fn cpu() -> Backend<'static> {
+    Backend {
+        name: "CPU f32".to_string(),
+        backward: Box::new(|p, dout, dfinal| {
+            ssd_cpu::mamba_chunk_scan_combined_bwd(
+                &p.inputs(),
+                &p.options,
+                dout,
+                dfinal,
+                ssd_cpu::Par::Seq,
+            )
+        }),
+    }
+}
+
+#[test]
+fn cpu_contributions_over_float64() {
+    let fp = FlowSpec::SMALL.build();
+    let f = backend_flow(&fp, &cpu()).unwrap();
+    // Each contribution is an f32 gradient intermediate: `GRADIENT_F32` (1e-4) bounds the
+    // rounding of the backward's chained sums; dA_h is a per-head scalar judged relative to the
+    // magnitude of its terms, as that tolerance prescribes.
+    for (k, e) in f.rel_l2.iter().enumerate() {
+        assert!(*e <= GRADIENT_F32, "contribution {k}: rel_l2 {e:e}");
+    }
+    assert!(
+        f.rel_l2_sum <= GRADIENT_F32,
+        "sum: rel_l2 {:e}",
+        f.rel_l2_sum
+    );
+    for (h, e) in f.da_error.iter().enumerate() {
+        assert!(*e <= GRADIENT_F32, "head {h}: dA error {e:e}");
+    }
+}
+
+#[test]
+fn cpu_intra_kernel_is_stable_at_strong_decay() {
+    let spec = StabilitySpec {
+        kappas: vec![16.0],
+        uniform_dt: Some(0.03),
+        ..StabilitySpec::small()
+    };
+    let rows = stability_sweep(&spec, &[cpu()]).unwrap();
+    let e = rows[0].backends[0].1.clone().unwrap();
+    // Where the closed form has no correct digit, the CPU's intra kernel is an ordinary f32
+    // gradient (`GRADIENT_F32`).
+    assert!(e <= GRADIENT_F32, "CPU intra at κ = 16: {e:e}");
+    assert!(rows[0].closed_f32 > 1e3 * e);
 }

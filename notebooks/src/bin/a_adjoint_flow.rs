@@ -192,9 +192,18 @@ struct Data {
 fn backends() -> (Vec<Backend<'static>>, Vec<String>) {
     let mut list = Vec::new();
     let mut notes = Vec::new();
-    // ssd-cpu's combined backward is not committed yet; when it is, this becomes a Backend
-    // calling ssd_cpu::mamba_chunk_scan_combined_bwd(…, ssd_cpu::Par::rayon(0)).
-    notes.push("CPU f32: not run (ssd-cpu has no combined backward in this revision)".to_string());
+    list.push(Backend {
+        name: "CPU f32 (ssd-cpu)".to_string(),
+        backward: Box::new(|p, dout, dfinal| {
+            ssd_cpu::mamba_chunk_scan_combined_bwd(
+                &p.inputs(),
+                &p.options,
+                dout,
+                dfinal,
+                ssd_cpu::Par::rayon(0),
+            )
+        }),
+    });
     match ssd_gpu::Gpu::new() {
         Ok(gpu) => {
             let name = format!("CUDA f32 ({})", gpu.name());
