@@ -613,6 +613,50 @@ fn empty_and_degenerate_sizes() {
     }
 }
 
+/// A chunk size far beyond l is the single chunk of length l: the same gradients, bit for bit,
+/// as Q = l + 3, and the same A adjoint on the valid positions (memory stays O(l), not O(Q²)).
+#[test]
+fn huge_chunk_is_one_chunk() {
+    let mut spec = ssd_verify::ProblemSpec::plain(2, 37, 4, 5, 2, 6, 40).all_options();
+    spec.seq_idx = true;
+    let p32 = spec.seed(9).build().to_f32();
+    let dout = random_array(&[2, 37, 4, 5], 4)
+        .into_dimensionality::<Ix4>()
+        .unwrap()
+        .mapv(|v| v as f32);
+    let run = |q: usize| {
+        let opts = Options {
+            chunk_size: q,
+            ..p32.options
+        };
+        ssd_cpu::mamba_chunk_scan_combined_bwd(&p32.inputs(), &opts, dout.view(), None, two())
+            .unwrap()
+    };
+    let (a, b) = (run(40), run(100_000));
+    assert!(same_bits(&a.0.dx, &b.0.dx) && same_bits(&a.0.ddt, &b.0.ddt));
+    assert!(same_bits(&a.0.db, &b.0.db) && same_bits(&a.0.dc, &b.0.dc));
+    assert!(same_bits(&a.0.da, &b.0.da));
+    for (x, y) in [
+        (&a.1.intra, &b.1.intra),
+        (&a.1.next, &b.1.next),
+        (&a.1.prev, &b.1.prev),
+        (&a.1.chunk, &b.1.chunk),
+    ] {
+        let (xs, ys) = (
+            x.slice(ndarray::s![.., .., .., ..37]),
+            y.slice(ndarray::s![.., .., .., ..37]),
+        );
+        assert!(xs
+            .iter()
+            .zip(ys.iter())
+            .all(|(u, v)| u.to_bits() == v.to_bits()));
+        assert!(y
+            .slice(ndarray::s![.., .., .., 37..])
+            .iter()
+            .all(|&v| v == 0.0));
+    }
+}
+
 /// Malformed seeds and malformed kernel arguments are errors.
 #[test]
 fn bad_seeds_and_kernel_arguments_error() {

@@ -12,7 +12,7 @@
 
 use super::chunk_scan_chunk_state_bwd_dx::pack_cb;
 use super::micro::{fma_cols, fma_rows, for_tiles, TileOp};
-use super::pack::{group_tiles, nnp, pack_rows, unpack_rows, Scratch};
+use super::pack::{group_tiles, local_geom, nnp, pack_rows, unpack_rows, Scratch};
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, Par};
 use crate::simd::{load, store, V, W};
@@ -151,7 +151,7 @@ pub fn bmm_chunk_bwd(
     if let Some(s) = &seq_idx {
         check_shape("seq_idx", &[nb, l], s.shape())?;
     }
-    let g = Geom::new(
+    let g = local_geom(
         ssd_reference::Dims {
             batch: nb,
             seqlen: l,

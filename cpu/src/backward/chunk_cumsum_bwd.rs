@@ -8,6 +8,7 @@
 //! Per (batch, head) tile in f64 (Δ and its derivative recomputed from the raw `dt` as the
 //! forward's `chunk_cumsum` does); the per-tile sums are added over the batch in row order.
 
+use super::pack::local_geom;
 use crate::forward::{flat, Geom};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::SsdError;
@@ -119,7 +120,7 @@ pub fn chunk_cumsum_bwd(
     check_shape("ddA", &[nb, nh, nc, q], dda_bhcq.shape())?;
     check_bhcq("ddt", ddt_direct_bhcq.shape(), nb, nh, l)?;
     check_shape("ddt", &[nb, nh, nc, q], ddt_direct_bhcq.shape())?;
-    let g = Geom::new(
+    let g = local_geom(
         ssd_reference::Dims {
             batch: nb,
             seqlen: l,

@@ -11,7 +11,9 @@
 //! n, added to the group's `dC` in head order, with `V_l = rowsum(dC_h ⊙ C)` in the epilogue.
 
 use super::micro::{fma_rows, for_tiles, TileOp};
-use super::pack::{group_tiles, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum, Scratch};
+use super::pack::{
+    group_tiles, local_geom, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum, Scratch,
+};
 use crate::forward::chunk_state::pn_to_slabs;
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
@@ -99,7 +101,7 @@ pub fn chunk_scan_bwd_dc(
     if let Some(s) = &seq_idx {
         check_shape("seq_idx", &[nb, l], s.shape())?;
     }
-    let g = Geom::new(
+    let g = local_geom(
         ssd_reference::Dims {
             batch: nb,
             seqlen: l,

@@ -9,7 +9,7 @@
 //! order (and, for `chunk_scan_bwd_ddacs_stable`, `W = dCB_h ⊙ CB`).
 
 use super::micro::{fma_rows, for_tiles, TileOp};
-use super::pack::{decay_matrix, pack_rows, transpose_packed, Cum, Scratch};
+use super::pack::{decay_matrix, local_geom, pack_rows, transpose_packed, Cum, Scratch};
 use crate::forward::{flat, Geom};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, store, V, W};
@@ -98,7 +98,7 @@ pub fn chunk_scan_bwd_dcb(
     check_shape("dA_cumsum", dt_bhcq.shape(), dacs_bhcq.shape())?;
     check_shape("dout", &[nb, l, nh, np], dy_blhp.shape())?;
     let ng = ngroups;
-    let g = Geom::new(
+    let g = local_geom(
         ssd_reference::Dims {
             batch: nb,
             seqlen: l,

@@ -13,8 +13,8 @@
 use super::chunk_scan_bwd_dcb::dcb_head;
 use super::chunk_scan_chunk_state_bwd_dx::pack_cb;
 use super::micro::mask_le;
-use super::pack::{decay_matrix, pack_rows, transpose_packed, Cum, Scratch};
-use crate::forward::{flat, Geom};
+use super::pack::{decay_matrix, local_geom, pack_rows, transpose_packed, Cum, Scratch};
+use crate::forward::flat;
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, store, V, W};
 use crate::SsdError;
@@ -62,7 +62,7 @@ pub fn chunk_scan_bwd_ddacs_stable(
     let ng = cb_bcgqq.shape()[2];
     check_groups(nh, ng)?;
     check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
-    let g = Geom::new(
+    let g = local_geom(
         ssd_reference::Dims {
             batch: nb,
             seqlen: l,

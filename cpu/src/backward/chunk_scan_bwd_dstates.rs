@@ -9,7 +9,7 @@
 //! `dPᵀ = Cᵀ dYe`, register-blocked with p along the vectors (the layout of `chunk_state`).
 
 use super::micro::{fma_cols, for_tiles, TileOp};
-use super::pack::{pack_rows, Cum, Scratch};
+use super::pack::{local_geom, pack_rows, Cum, Scratch};
 use crate::forward::chunk_state::slabs_to_pn;
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
@@ -97,7 +97,7 @@ pub fn chunk_scan_bwd_dstates(
     if let Some(s) = &seq_idx {
         check_shape("seq_idx", &[nb, l], s.shape())?;
     }
-    let g = Geom::new(
+    let g = local_geom(
         ssd_reference::Dims {
             batch: nb,
             seqlen: l,

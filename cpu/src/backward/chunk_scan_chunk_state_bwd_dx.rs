@@ -13,7 +13,7 @@
 //! column-wise), then the epilogue `dx = diag(Δ) G + D ⊙ dY` and `ddt_direct = rowsum(G ⊙ X)`.
 
 use super::micro::{fma_cols, fma_rows, for_tiles, TileOp};
-use super::pack::{decay_matrix, group_tiles, pack_rows, Cum, Scratch};
+use super::pack::{decay_matrix, group_tiles, local_geom, pack_rows, Cum, Scratch};
 use crate::forward::chunk_scan::d_table;
 use crate::forward::chunk_state::pn_to_slabs;
 use crate::forward::{flat, Geom, Seq};
@@ -119,12 +119,14 @@ pub(crate) fn dx_head(
     }
 }
 
-/// Copies the (Q × Q) block of `cb` (b, c, g, Q, Q) at `blk` into `dst` (Q × qp).
+/// Copies the (Q × Q) block of `cb` (b, c, g, Q, Q) at `blk` into `dst` (rows `qp` wide): as
+/// many rows and columns as `dst` holds (`qp` ≥ the chunk's length, possibly < Q).
 pub(crate) fn pack_cb(cb: &[f32], blk: usize, q: usize, qp: usize, dst: &mut [f32]) {
     let src = &cb[blk * q * q..][..q * q];
+    let k = q.min(qp);
     for (d, s) in dst.chunks_mut(qp).zip(src.chunks(q)) {
-        d[..q].copy_from_slice(s);
-        d[q..].fill(0.0);
+        d[..k].copy_from_slice(&s[..k]);
+        d[k..].fill(0.0);
     }
 }
 
@@ -160,7 +162,7 @@ pub fn chunk_scan_chunk_state_bwd_dx(
     if let Some(s) = &seq_idx {
         check_shape("seq_idx", &[nb, l], s.shape())?;
     }
-    let g = Geom::new(
+    let g = local_geom(
         ssd_reference::Dims {
             batch: nb,
             seqlen: l,

@@ -11,7 +11,8 @@
 
 use super::micro::{fma_rows, for_tiles, TileOp};
 use super::pack::{
-    exclusive_prefix, group_tiles, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum, Scratch,
+    exclusive_prefix, group_tiles, local_geom, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum,
+    Scratch,
 };
 use crate::forward::chunk_state::pn_to_slabs;
 use crate::forward::{flat, Geom, Seq};
@@ -103,7 +104,7 @@ pub fn chunk_state_bwd_db(
     if let Some(s) = &seq_idx {
         check_shape("seq_idx", &[nb, l], s.shape())?;
     }
-    let g = Geom::new(
+    let g = local_geom(
         ssd_reference::Dims {
             batch: nb,
             seqlen: l,

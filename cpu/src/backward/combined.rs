@@ -27,8 +27,8 @@ use super::chunk_scan_chunk_state_bwd_dx::{dx_head, DxArgs};
 use super::chunk_state_bwd_db::db_head;
 use super::micro::{fma_rows, for_tiles, TileOp};
 use super::pack::{
-    decay_matrix, exclusive_prefix, group_tiles, nnp, pack_rows, prefetch_rows, slab_to_pn_padded,
-    transpose_packed, unpack_rows, Cum, Scratch,
+    decay_matrix, exclusive_prefix, group_tiles, local_geom, nnp, pack_rows, prefetch_rows,
+    slab_to_pn_padded, transpose_packed, unpack_rows, Cum, Scratch,
 };
 use super::state_passing_bwd::state_passing_bwd_core;
 use crate::forward::chunk_cumsum::chunk_cumsum_core;
@@ -119,7 +119,7 @@ pub fn mamba_chunk_scan_combined_bwd(
         check_shape("dfinal_states", &[nb, nh, np, nn], v.shape())?;
         finite("dfinal_states", v, par)?;
     }
-    let g = Geom::new(dims, options.chunk_size);
+    let g = local_geom(dims, options.chunk_size);
     let (nc, q) = (g.nc, g.q);
     let x = flat(&inputs.x);
     let dt_in = flat(&inputs.dt);

@@ -9,10 +9,20 @@ use super::micro::mask_le;
 use crate::forward::{Geom, Seq};
 use crate::simd::{exp_nonpos, load, load_partial, pad, prefetch_range, store, V, W};
 use ndarray::{ArrayViewMut, ArrayViewMut3, ArrayViewMut4, Axis, RemoveAxis};
+use ssd_reference::Dims;
 
 /// n padded to a multiple of 8.
 pub(crate) fn nnp(g: &Geom) -> usize {
     pad(g.nn)
+}
+
+/// The geometry of a problem as the backward uses it: the forward's, except that `qp`, the
+/// row stride of every per-chunk matrix, is `min(Q, l)` padded to 8 — a chunk never holds
+/// more than `min(Q, l)` tokens, and Q may be far larger than l.
+pub(crate) fn local_geom(dims: Dims, q: usize) -> Geom {
+    let mut g = Geom::new(dims, q);
+    g.qp = pad(q.min(dims.seqlen).max(1));
+    g
 }
 
 /// The flat (b, h, c, Q) processed Δ and within-chunk cumsum (`hi + lo`, `lo` absent for a
@@ -32,6 +42,9 @@ pub(crate) struct Scratch {
     pub(crate) hi: Vec<f32>,
     pub(crate) lo: Vec<f32>,
     pub(crate) dt: Vec<f32>,
+    /// the cumsum pair at the chunk's last position (`Q − 1`)
+    pub(crate) hi_last: f32,
+    pub(crate) lo_last: f32,
     /// `exp(a_l)` where the state entering the chunk reaches token l, else 0 (q)
     pub(crate) e_prev: Vec<f32>,
     /// `exp(a_last − a_s)` where token s belongs to the chunk's state, else 0 (q)
@@ -78,11 +91,14 @@ pub(crate) struct Scratch {
 
 impl Scratch {
     pub(crate) fn new(g: &Geom) -> Scratch {
-        let (q, qp, pp, nnp) = (g.q, g.qp, g.pp, nnp(g));
+        // rows: a chunk holds at most min(Q, l) tokens
+        let (q, qp, pp, nnp) = (g.q.min(g.l).max(1), g.qp, g.pp, nnp(g));
         Scratch {
             hi: vec![0.0; qp],
             lo: vec![0.0; qp],
             dt: vec![0.0; qp],
+            hi_last: 0.0,
+            lo_last: 0.0,
             e_prev: vec![0.0; q],
             e_state: vec![0.0; q],
             w: vec![0.0; q],
@@ -118,6 +134,8 @@ impl Scratch {
             self.lo[k] = cum.lo.map_or(0.0, |lo| lo[j]);
             self.dt[k] = if k < g.q { cum.dt[base + k] } else { 0.0 };
         }
+        self.hi_last = cum.hi[base + g.q - 1];
+        self.lo_last = cum.lo.map_or(0.0, |lo| lo[base + g.q - 1]);
     }
 
     /// `e_prev[l] = exp(a_l)` where the state entering chunk c reaches token l (its id equals
@@ -143,7 +161,7 @@ impl Scratch {
     pub(crate) fn decay_state(&mut self, g: &Geom, seq: Seq<'_>, b: usize, c: usize) -> bool {
         let (t0, len) = g.chunk(c);
         let end_id = seq.chunk_end(b, c);
-        let (hi_last, lo_last) = (self.hi[g.q - 1], self.lo[g.q - 1]);
+        let (hi_last, lo_last) = (self.hi_last, self.lo_last);
         let mut any = false;
         for s in 0..len {
             if seq.id(b, t0 + s) == end_id {

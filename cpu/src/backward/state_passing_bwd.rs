@@ -11,6 +11,7 @@
 //! state (SIMD), in place: the `dP_c` slabs are overwritten by `dS_c`. The inner product is
 //! summed in f32 lanes per state row and in f64 over the rows.
 
+use super::pack::local_geom;
 use crate::forward::chunk_state::{pn_to_slabs, slabs_to_pn};
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
@@ -121,7 +122,7 @@ pub fn state_passing_bwd(
     if let Some(s) = &seq_idx {
         check_shape("seq_idx", &[nb, seqlen], s.shape())?;
     }
-    let g = Geom::new(
+    let g = local_geom(
         ssd_reference::Dims {
             batch: nb,
             seqlen,
