@@ -1,10 +1,17 @@
 //! Shared helpers of the cross-crate tests.
 
-/// Path of a file under `tests/data/`.
+/// Path of a file under `tests/data/`: in the source tree the tests were built from, or, for
+/// test executables carried to another machine (`gpu-bundle`), relative to the repository root
+/// they run from.
 pub fn data_path(rel: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data")
-        .join(rel)
+        .join(rel);
+    if built.exists() {
+        built
+    } else {
+        std::path::Path::new("tests/data").join(rel)
+    }
 }
 
 /// proptest config with `cases` by default, raised by `PROPTEST_CASES`.

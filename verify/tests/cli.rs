@@ -8,7 +8,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ssd-verify");
+/// The `ssd-verify` binary built beside this test, or, for test executables carried to another
+/// machine (`gpu-bundle`), the bundled one relative to the repository root they run from.
+fn bin() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_ssd-verify"));
+    if built.exists() {
+        built
+    } else {
+        PathBuf::from(".gpu-bundle/bin/ssd-verify")
+    }
+}
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -19,7 +28,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .output()
         .expect("runs ssd-verify")
