@@ -5,9 +5,7 @@
 
 use crate::par::{for_each_tile, Par};
 use ndarray::{ArrayView, Dimension};
-use ssd_reference::validate::{
-    check_a, check_d, check_dt_limit, check_finite, check_groups, check_seq_idx, check_shape,
-};
+use ssd_reference::validate::{check_finite, validate_with};
 use ssd_reference::{Dims, Inputs, Options, SsdError};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -44,67 +42,14 @@ pub(crate) fn finite<D: Dimension>(
     }
 }
 
-/// [`ssd_reference::validate`] for f32 inputs (same checks, order and errors).
+/// [`ssd_reference::validate`] for f32 inputs (same checks, order and errors), with the
+/// vectorised finiteness scan.
 pub(crate) fn validate(
     inputs: &Inputs<'_, f32>,
     options: &Options,
     par: Par,
 ) -> Result<Dims, SsdError> {
-    let (batch, seqlen, nheads, headdim) = inputs.x.dim();
-    let (_, _, ngroups, dstate) = inputs.b.dim();
-    let dims = Dims {
-        batch,
-        seqlen,
-        nheads,
-        headdim,
-        ngroups,
-        dstate,
-    };
-    if options.chunk_size == 0 {
-        return Err(SsdError::ZeroChunkSize);
-    }
-    check_dt_limit(options.dt_limit)?;
-    check_shape("dt", &[batch, seqlen, nheads], inputs.dt.shape())?;
-    check_shape("A", &[nheads], inputs.a.shape())?;
-    check_shape("B", &[batch, seqlen, ngroups, dstate], inputs.b.shape())?;
-    check_groups(nheads, ngroups)?;
-    check_shape("C", &[batch, seqlen, ngroups, dstate], inputs.c.shape())?;
-    if let Some(d) = &inputs.d {
-        check_d(d, nheads, headdim)?;
-    }
-    if let Some(z) = &inputs.z {
-        check_shape("z", &[batch, seqlen, nheads, headdim], z.shape())?;
-    }
-    if let Some(v) = &inputs.dt_bias {
-        check_shape("dt_bias", &[nheads], v.shape())?;
-    }
-    if let Some(v) = &inputs.initial_states {
-        check_shape(
-            "initial_states",
-            &[batch, nheads, headdim, dstate],
-            v.shape(),
-        )?;
-    }
-    if let Some(s) = &inputs.seq_idx {
-        check_shape("seq_idx", &[batch, seqlen], s.shape())?;
-        check_seq_idx(s)?;
-    }
-    check_a(&inputs.a)?;
-    finite("x", &inputs.x, par)?;
-    finite("dt", &inputs.dt, par)?;
-    finite("B", &inputs.b, par)?;
-    finite("C", &inputs.c, par)?;
-    if let Some(d) = &inputs.d {
-        finite("D", d, par)?;
-    }
-    if let Some(z) = &inputs.z {
-        finite("z", z, par)?;
-    }
-    if let Some(v) = &inputs.dt_bias {
-        finite("dt_bias", v, par)?;
-    }
-    if let Some(v) = &inputs.initial_states {
-        finite("initial_states", v, par)?;
-    }
-    Ok(dims)
+    validate_with(inputs, options, |tensor, values| {
+        finite(tensor, &values, par)
+    })
 }

@@ -142,6 +142,20 @@ pub fn validate<T: Copy + Into<f64>>(
     inputs: &Inputs<'_, T>,
     options: &Options,
 ) -> Result<Dims, SsdError> {
+    validate_with(inputs, options, |tensor, values| {
+        check_finite(tensor, &values)
+    })
+}
+
+/// [`validate`] with the caller's finiteness check of the float inputs (`x dt B C D z dt_bias
+/// initial_states`, in that order), e.g. a vectorised one; every other check, their order and
+/// their errors are [`validate`]'s. `finite` must return [`check_finite`]'s error for a
+/// non-finite tensor.
+pub fn validate_with<T: Copy + Into<f64>>(
+    inputs: &Inputs<'_, T>,
+    options: &Options,
+    mut finite: impl FnMut(&'static str, ArrayViewD<'_, T>) -> Result<(), SsdError>,
+) -> Result<Dims, SsdError> {
     let (batch, seqlen, nheads, headdim) = inputs.x.dim();
     let (_, _, ngroups, dstate) = inputs.b.dim();
     let dims = Dims {
@@ -182,21 +196,21 @@ pub fn validate<T: Copy + Into<f64>>(
         check_seq_idx(s)?;
     }
     check_a(&inputs.a)?;
-    check_finite("x", &inputs.x)?;
-    check_finite("dt", &inputs.dt)?;
-    check_finite("B", &inputs.b)?;
-    check_finite("C", &inputs.c)?;
+    finite("x", inputs.x.view().into_dyn())?;
+    finite("dt", inputs.dt.view().into_dyn())?;
+    finite("B", inputs.b.view().into_dyn())?;
+    finite("C", inputs.c.view().into_dyn())?;
     if let Some(d) = &inputs.d {
-        check_finite("D", d)?;
+        finite("D", d.view().into_dyn())?;
     }
     if let Some(z) = &inputs.z {
-        check_finite("z", z)?;
+        finite("z", z.view().into_dyn())?;
     }
     if let Some(v) = &inputs.dt_bias {
-        check_finite("dt_bias", v)?;
+        finite("dt_bias", v.view().into_dyn())?;
     }
     if let Some(v) = &inputs.initial_states {
-        check_finite("initial_states", v)?;
+        finite("initial_states", v.view().into_dyn())?;
     }
     Ok(dims)
 }
