@@ -2,7 +2,8 @@
 //!
 //! Per normalisation group of `v` (`v = x ⊙ silu(z)`, or `v = x` with `norm_before_gate`),
 //! `r = (mean(v²) + eps)^{−1/2}`, `n = v r`: with `dn` the gradient of `n`,
-//! `dv_j = r dn_j − r³ v_j Σ_k dn_k v_k / group_size`. Gate after the norm
+//! `dv_j = r dn_j − r³ v_j Σ_k dn_k v_k / group_size` (for a group of one, the equal
+//! `dn eps r³`, which does not cancel). Gate after the norm
 //! (`out = n ⊙ w ⊙ silu(z)`): `dn = dout ⊙ w ⊙ silu(z)`, `dw = Σ_rows dout ⊙ n ⊙ silu(z)`,
 //! `dz = dout ⊙ n ⊙ w ⊙ silu'(z)`, `dx = dv`. Gate before the norm (`out = n ⊙ w`):
 //! `dn = dout ⊙ w`, `dw = Σ_rows dout ⊙ n`, `dx = dv ⊙ silu(z)`, `dz = dv ⊙ x ⊙ silu'(z)`.
@@ -143,10 +144,17 @@ pub fn rmsnorm_gated_bwd(
                     }
                     let r3 = V::splat((rstd * rstd * rstd / gs as f64) as f32);
                     let dotv = V::splat(dot.reduce_add());
+                    // One feature per group: dv = r dn (1 − v² r²) = dn eps r³ exactly; the
+                    // difference form would cancel to eps / (v² + eps) of its terms.
+                    let r_eps = V::splat((options.eps * rstd * rstd * rstd) as f32);
                     for j in (g0..end).step_by(W) {
                         let k = j - g0;
                         let v = load_partial(&vb[k..gs]);
-                        let dv = r1 * load_partial(&dnb[k..gs]) - r3 * v * dotv;
+                        let dv = if gs == 1 {
+                            load_partial(&dnb[k..gs]) * r_eps
+                        } else {
+                            r1 * load_partial(&dnb[k..gs]) - r3 * v * dotv
+                        };
                         match (zr, nbg) {
                             (Some(zr), false) => {
                                 let zv = load_partial(&zr[j..end]);
