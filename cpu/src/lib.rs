@@ -48,7 +48,9 @@ pub use backward::chunk_scan_bwd_dstates::chunk_scan_bwd_dstates;
 pub use backward::chunk_scan_bwd_dz::chunk_scan_bwd_dz;
 pub use backward::chunk_scan_chunk_state_bwd_dx::chunk_scan_chunk_state_bwd_dx;
 pub use backward::chunk_state_bwd_db::chunk_state_bwd_db;
-pub use backward::combined::mamba_chunk_scan_combined_bwd;
+pub use backward::combined::{
+    mamba_chunk_scan_combined_bwd, mamba_chunk_scan_combined_bwd_with, BackwardWorkspace,
+};
 pub use backward::rmsnorm_gated_bwd::rmsnorm_gated_bwd;
 pub use backward::state_passing_bwd::state_passing_bwd;
 pub use backward::swiglu_bwd::swiglu_bwd;

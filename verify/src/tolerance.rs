@@ -125,7 +125,9 @@ pub const FORWARD_F32: f64 = 1e-5;
 /// and f32 terms (each within ~3e-7 of their own size, measured) leave 1e-5–1e-3 of the
 /// difference. The four A-adjoint contributions are each judged against the norm of the four's
 /// magnitudes (one can be negligible next to the others, below f32's range); their sum against
-/// the float64 `ddA` with plain `rel_l2`.
+/// the float64 `ddA` with plain `rel_l2`. Tensors are judged beyond the f32 representation
+/// error of the float64 truth (`‖got − want‖ − ‖want − f32(want)‖`): it is ≤ 6e-8 of `‖want‖`
+/// unless the truth lies below f32's range (a `ddA_chunk` of 1e-46 rounds to 0, and 0 is right).
 pub const GRADIENT_F32: f64 = 1e-4;
 
 /// Whether `err` passes `threshold` (NaN never passes).

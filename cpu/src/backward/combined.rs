@@ -35,7 +35,7 @@ use crate::forward::chunk_cumsum::chunk_cumsum_core;
 use crate::forward::chunk_scan::d_table;
 use crate::forward::chunk_state::{chunk_state_core, StateArgs};
 use crate::forward::state_passing::state_passing_core;
-use crate::forward::{flat, Geom, Seq};
+use crate::forward::{ensure, flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, load_partial, prefetch_range, store, store_partial, V, W};
 use crate::validate::{finite, validate};
@@ -104,6 +104,76 @@ pub fn mamba_chunk_scan_combined_bwd(
     dfinal_states: Option<ArrayView4<'_, f32>>,
     par: Par,
 ) -> Result<(Gradients<f32>, AAdjoint<f32>), SsdError> {
+    mamba_chunk_scan_combined_bwd_with(
+        inputs,
+        options,
+        dout,
+        dfinal_states,
+        &mut BackwardWorkspace::new(),
+        par,
+    )
+}
+
+/// Intermediate buffers of the combined backward (the recomputed Δ, cumsum and entering states,
+/// `dS_c`, the per-head rows of the A adjoint, …), kept between calls of
+/// [`mamba_chunk_scan_combined_bwd_with`] so that a training loop does not allocate and
+/// first-touch tens of MiB per step. Any workspace works for any problem; it grows as needed.
+#[derive(Debug, Default)]
+pub struct BackwardWorkspace {
+    dt: Vec<f32>,
+    hi: Vec<f32>,
+    lo: Vec<f32>,
+    prev: Vec<f32>,
+    ds: Vec<f32>,
+    fin: Vec<f32>,
+    dinit: Vec<f32>,
+    dda_chunk: Vec<f32>,
+    dd_parts: Vec<f32>,
+    ddt_dir: Vec<f32>,
+    intra: Vec<f32>,
+    next: Vec<f32>,
+    v: Vec<f32>,
+    ddt_bhl: Vec<f32>,
+}
+
+impl BackwardWorkspace {
+    /// An empty workspace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// [`mamba_chunk_scan_combined_bwd`] with its intermediates in a reusable
+/// [`BackwardWorkspace`] (the results are the same, bit for bit).
+///
+/// ```
+/// # use ndarray::{Array1, Array3, Array4};
+/// # use ssd_reference::{Inputs, Options};
+/// use ssd_cpu::{mamba_chunk_scan_combined_bwd_with, BackwardWorkspace, Par};
+/// # let (b, l, h, p, g, n) = (1, 16, 2, 4, 1, 8);
+/// # let x = Array4::<f32>::ones((b, l, h, p));
+/// # let dt = Array3::<f32>::from_elem((b, l, h), 0.1);
+/// # let a = Array1::<f32>::from_elem(h, -1.0);
+/// # let bm = Array4::<f32>::from_elem((b, l, g, n), 0.2);
+/// # let inputs = Inputs { x: x.view(), dt: dt.view(), a: a.view(), b: bm.view(), c: bm.view(),
+/// #     d: None, z: None, dt_bias: None, initial_states: None, seq_idx: None };
+/// let dout = Array4::<f32>::ones((b, l, h, p));
+/// let mut ws = BackwardWorkspace::new();
+/// for _step in 0..3 {
+///     let (grads, _) = mamba_chunk_scan_combined_bwd_with(
+///         &inputs, &Options::with_chunk_size(8), dout.view(), None, &mut ws, Par::Seq)?;
+///     assert_eq!(grads.dx.dim(), (b, l, h, p));
+/// }
+/// # Ok::<(), ssd_cpu::SsdError>(())
+/// ```
+pub fn mamba_chunk_scan_combined_bwd_with(
+    inputs: &Inputs<'_, f32>,
+    options: &Options,
+    dout: ArrayView4<'_, f32>,
+    dfinal_states: Option<ArrayView4<'_, f32>>,
+    ws: &mut BackwardWorkspace,
+    par: Par,
+) -> Result<(Gradients<f32>, AAdjoint<f32>), SsdError> {
     let dims = validate(inputs, options, par)?;
     let (nb, l, nh, np, ng, nn) = (
         dims.batch,
@@ -141,50 +211,47 @@ pub fn mamba_chunk_scan_combined_bwd(
     let (hpg, slab, nbchq) = (g.hpg(), g.slab(), nb * nc * nh * q);
 
     // 1. Forward intermediates: Δ, the cumsum pair, and the states entering each chunk.
-    let mut dt = vec![0.0f32; nbchq];
-    let mut hi = vec![0.0f32; nbchq];
-    let mut lo = vec![0.0f32; nbchq];
-    chunk_cumsum_core(
-        &g,
-        &dt_in,
-        &a,
-        bias.as_deref(),
-        options,
-        &mut dt,
-        &mut hi,
-        &mut lo,
-        par,
-    );
-    let mut prev = vec![0.0f32; nb * nc * nh * slab];
+    let BackwardWorkspace {
+        dt,
+        hi,
+        lo,
+        prev,
+        ds,
+        fin,
+        dinit,
+        dda_chunk,
+        dd_parts,
+        ddt_dir,
+        intra,
+        next,
+        v: vv,
+        ddt_bhl,
+    } = ws;
+    let dt = ensure(dt, nbchq);
+    let hi = ensure(hi, nbchq);
+    let lo = ensure(lo, nbchq);
+    chunk_cumsum_core(&g, &dt_in, &a, bias.as_deref(), options, dt, hi, lo, par);
+    let (dt, hi, lo) = (&*dt, &*hi, &*lo);
+    let prev = ensure(prev, nb * nc * nh * slab);
     let sargs = StateArgs {
         x: &x,
         b: &bm,
-        dt: &dt,
-        hi: &hi,
-        lo: Some(&lo),
+        dt,
+        hi,
+        lo: Some(lo),
         seq,
     };
-    chunk_state_core(&g, &sargs, &mut prev, par);
-    {
-        let mut fin = vec![0.0f32; nb * nh * np * nn];
-        state_passing_core(
-            &g,
-            &mut prev,
-            &hi,
-            Some(&lo),
-            init.as_deref(),
-            seq,
-            &mut fin,
-            par,
-        );
-    }
+    chunk_state_core(&g, &sargs, prev, par);
+    let fin = ensure(fin, nb * nh * np * nn);
+    state_passing_core(&g, prev, hi, Some(lo), init.as_deref(), seq, fin, par);
+    let prev = &*prev;
     let cx = Ctx {
         g,
         seq,
         cum: Cum {
-            dt: &dt,
-            hi: &hi,
-            lo: Some(&lo),
+            dt,
+            hi,
+            lo: Some(lo),
         },
         x: &x,
         bm: &bm,
@@ -192,15 +259,15 @@ pub fn mamba_chunk_scan_combined_bwd(
         z: z.as_deref(),
         dout: &dout,
         dtab: dtab.as_deref(),
-        prev: &prev,
+        prev,
     };
 
     // 2. dy, dz, dD partial sums, dP_c.
     let mut dx = Array4::<f32>::zeros((nb, l, nh, np));
     let mut dz = z.as_ref().map(|_| Array4::<f32>::zeros((nb, l, nh, np)));
-    let mut ds = vec![0.0f32; nb * nc * nh * slab];
+    let ds = ensure(ds, nb * nc * nh * slab);
     let ntiles = nb * nc * ng;
-    let mut dd_parts = vec![0.0f32; if dtab.is_some() { nbchq / q * g.pp } else { 0 }];
+    let dd_parts = ensure(dd_parts, if dtab.is_some() { nbchq / q * g.pp } else { 0 });
     {
         let dz_tiles: Vec<Option<ArrayViewMut3<'_, f32>>> = match dz.as_mut() {
             Some(v) => group_tiles(&g, v.view_mut(), hpg)
@@ -213,8 +280,8 @@ pub fn mamba_chunk_scan_combined_bwd(
         let tiles: Vec<_> = group_tiles(&g, dx.view_mut(), hpg)
             .into_iter()
             .zip(dz_tiles)
-            .zip(split_mut(&mut ds, ntiles, hpg * slab))
-            .zip(split_mut(&mut dd_parts, ntiles, dd_len))
+            .zip(split_mut(ds, ntiles, hpg * slab))
+            .zip(split_mut(dd_parts, ntiles, dd_len))
             .enumerate()
             .collect();
         for_each_tile(
@@ -228,35 +295,36 @@ pub fn mamba_chunk_scan_combined_bwd(
     }
 
     // 3. dS_c, dinitial_states, ddA_chunk.
-    let mut dinit = vec![0.0f32; nb * nh * np * nn];
-    let mut dda_chunk = vec![0.0f32; nb * nh * nc];
+    let dinit = ensure(dinit, nb * nh * np * nn);
+    let dda_chunk = ensure(dda_chunk, nb * nh * nc);
     state_passing_bwd_core(
         &g,
-        &mut ds,
-        &prev,
-        &hi,
-        Some(&lo),
+        ds,
+        prev,
+        hi,
+        Some(lo),
         dfinal.as_deref(),
         seq,
-        &mut dinit,
-        &mut dda_chunk,
+        dinit,
+        dda_chunk,
         par,
     );
+    let ds = &*ds;
 
     // 4. dx, ddt_direct, dB, dC, ddA_next, V, ddA_intra.
     let mut db = Array4::<f32>::zeros((nb, l, ng, nn));
     let mut dc = Array4::<f32>::zeros((nb, l, ng, nn));
-    let mut ddt_dir = vec![0.0f32; nbchq];
-    let mut intra = vec![0.0f32; nbchq];
-    let mut next = vec![0.0f32; nbchq];
-    let mut vv = vec![0.0f32; nbchq];
+    let ddt_dir = ensure(ddt_dir, nbchq);
+    let intra = ensure(intra, nbchq);
+    let next = ensure(next, nbchq);
+    let vv = ensure(vv, nbchq);
     {
         let per = hpg * q;
-        let rows: Vec<_> = split_mut(&mut ddt_dir, ntiles, per)
+        let rows: Vec<_> = split_mut(ddt_dir, ntiles, per)
             .into_iter()
-            .zip(split_mut(&mut intra, ntiles, per))
-            .zip(split_mut(&mut next, ntiles, per))
-            .zip(split_mut(&mut vv, ntiles, per))
+            .zip(split_mut(intra, ntiles, per))
+            .zip(split_mut(next, ntiles, per))
+            .zip(split_mut(vv, ntiles, per))
             .map(|(((ddt, intra), next), v)| HeadRows {
                 ddt,
                 intra,
@@ -276,7 +344,7 @@ pub fn mamba_chunk_scan_combined_bwd(
             tiles,
             || Scratch::new(&cx.g),
             |s, (i, (((dxt, dbt), dct), rows))| {
-                grad_tile(&cx, s, i, dxt, dbt, dct, rows, &ds);
+                grad_tile(&cx, s, i, dxt, dbt, dct, rows, ds);
             },
         );
     }
@@ -287,7 +355,7 @@ pub fn mamba_chunk_scan_combined_bwd(
     let mut a_next = Array4::<f32>::zeros(shape);
     let mut a_prev = Array4::<f32>::zeros(shape);
     let mut a_chunk = Array4::<f32>::zeros(shape);
-    let mut ddt_bhl = vec![0.0f32; nb * nh * l];
+    let ddt_bhl = ensure(ddt_bhl, nb * nh * l);
     let mut sums = vec![(0.0f64, 0.0f64); nb * nh];
     {
         let row = nc * q;
@@ -309,12 +377,12 @@ pub fn mamba_chunk_scan_combined_bwd(
             .zip(tn)
             .zip(tp)
             .zip(tc)
-            .zip(split_mut(&mut ddt_bhl, nb * nh, l))
+            .zip(split_mut(ddt_bhl, nb * nh, l))
             .zip(sums.iter_mut())
             .enumerate()
             .collect();
-        let (intra, next, vv, ddt_dir) = (&intra, &next, &vv, &ddt_dir);
-        let (dda_chunk, dt_in, a, bias) = (&dda_chunk, &dt_in, &a, &bias);
+        let (intra, next, vv, ddt_dir) = (&*intra, &*next, &*vv, &*ddt_dir);
+        let (dda_chunk, dt_in, a, bias) = (&*dda_chunk, &dt_in, &a, &bias);
         for_each_tile(
             par,
             tiles,
@@ -352,7 +420,7 @@ pub fn mamba_chunk_scan_combined_bwd(
             },
         );
     }
-    let (ddt, da, ddt_bias) = finish(&g, &ddt_bhl, &sums, inputs.dt_bias.is_some());
+    let (ddt, da, ddt_bias) = finish(&g, ddt_bhl, &sums, inputs.dt_bias.is_some());
     let dd = inputs.d.as_ref().map(|d| {
         dd_from_partials(
             d.shape(),
@@ -362,7 +430,8 @@ pub fn mamba_chunk_scan_combined_bwd(
         )
     });
     let dinitial_states = inputs.initial_states.as_ref().map(|_| {
-        Array4::from_shape_vec((nb, nh, np, nn), dinit).expect("dinit has b·h·p·n elements")
+        Array4::from_shape_vec((nb, nh, np, nn), dinit.to_vec())
+            .expect("dinit has b·h·p·n elements")
     });
     let grads = Gradients {
         dx,

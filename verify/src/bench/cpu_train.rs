@@ -1,7 +1,8 @@
 //! The CPU training benchmark of DESIGN.md §6: one training step of `ssd-cpu`'s SSD layer, the
 //! combined forward ([`ssd_cpu::mamba_chunk_scan_combined_into`] with a reused workspace) and
-//! the combined backward ([`ssd_cpu::mamba_chunk_scan_combined_bwd`], which recomputes the
-//! forward intermediates from the inputs, as upstream's), at S1–S3.
+//! the combined backward ([`ssd_cpu::mamba_chunk_scan_combined_bwd_with`] with a reused
+//! workspace; it recomputes the forward intermediates from the inputs, as upstream's), at
+//! S1–S3.
 //!
 //! FLOPs are 3 × [`Shape::forward_flops`]; the ceiling is f32 GEMM at 2048³ through the `gemm`
 //! crate on every thread of the global rayon pool ([`super::cpu::gemm_gflops`]), measured in
@@ -13,7 +14,7 @@ use super::{median, BenchRow, Shape};
 use crate::gen::random_array;
 use crate::ProblemSpec;
 use ndarray::{Array4, Ix4};
-use ssd_cpu::{Par, Workspace};
+use ssd_cpu::{BackwardWorkspace, Par, Workspace};
 use ssd_reference::{AAdjoint, Gradients, Problem, SsdError};
 use std::time::Instant;
 
@@ -93,7 +94,9 @@ pub fn adjoint_bytes(a: &AAdjoint<f32>) -> usize {
 /// timed steps (forward then backward).
 ///
 /// Extra figures per row: `gemm_gflops` (the ceiling), `forward_ms` and `backward_ms` (medians
-/// of the two halves), `jax_ms` and `jax_ratio` (> 1: faster than JAX's forward+backward).
+/// of the two halves), `backward_alloc_ms` (the owned-output backward, allocating its
+/// intermediates each call, vs the reused workspace of `backward_ms`), `jax_ms` and `jax_ratio`
+/// (> 1: faster than JAX's forward+backward).
 pub fn run(shapes: &[Shape], reps: usize) -> Result<Vec<BenchRow>, SsdError> {
     let reps = reps.max(1);
     let par = Par::rayon(0);
@@ -103,6 +106,7 @@ pub fn run(shapes: &[Shape], reps: usize) -> Result<Vec<BenchRow>, SsdError> {
         let tp = TrainProblem::new(sh);
         let inputs = tp.problem.inputs();
         let mut ws = Workspace::new();
+        let mut bws = BackwardWorkspace::new();
         let mut out = Array4::<f32>::zeros(tp.problem.x.raw_dim());
         let mut fin = Array4::<f32>::zeros((sh.batch, sh.nheads, sh.headdim, sh.dstate));
         let mut step = |times: Option<&mut (Vec<f64>, Vec<f64>, Vec<f64>)>| {
@@ -116,7 +120,14 @@ pub fn run(shapes: &[Shape], reps: usize) -> Result<Vec<BenchRow>, SsdError> {
                 par,
             )?;
             let t1 = Instant::now();
-            let grads = tp.backward(par)?;
+            let grads = ssd_cpu::mamba_chunk_scan_combined_bwd_with(
+                &inputs,
+                &tp.problem.options,
+                tp.dout.view(),
+                None,
+                &mut bws,
+                par,
+            )?;
             let t2 = Instant::now();
             drop(grads);
             if let Some((f, b, all)) = times {
@@ -133,11 +144,18 @@ pub fn run(shapes: &[Shape], reps: usize) -> Result<Vec<BenchRow>, SsdError> {
         }
         let (mut f, mut b, mut all) = times;
         let ms = median(&mut all);
+        let mut alloc = Vec::with_capacity(reps);
+        for _ in 0..reps.div_ceil(2) {
+            let t0 = Instant::now();
+            drop(tp.backward(par)?);
+            alloc.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
         let gflops = 3.0 * sh.forward_flops() / (ms * 1e-3) / 1e9;
         let mut extra = vec![
             ("gemm_gflops".to_string(), gemm),
             ("forward_ms".into(), median(&mut f)),
             ("backward_ms".into(), median(&mut b)),
+            ("backward_alloc_ms".into(), median(&mut alloc)),
         ];
         if let Some(j) = jax_train_ms(sh.name) {
             extra.push(("jax_ms".into(), j));
