@@ -323,6 +323,9 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dbc_kernel(
 // Per (b, h, c): v_k = Σ_parts part[(b,h,c), part, k] (fixed order), then
 // mode 0: out = v; mode 1: out_k = Σ_{s<k} v_s (exclusive prefix, ddA_next);
 // mode 2: out_k = Σ_{s≥k} v_s (reverse inclusive cumsum). Positions past the sequence are 0.
+// The exclusive prefix is the inclusive scan of the sequence shifted by one (thread k holds
+// v_{k−1}), never `inclusive − v_k`: under strong decay U_k = Δ_k exp(a_last − a_k)⟨…⟩ grows by
+// e^{Δ|A|} per step, so v_k can exceed Σ_{s<k} v_s by 10⁸ and the difference keeps nothing of it.
 extern "C" __global__ void __launch_bounds__(NT) reduce_parts_kernel(
     const float* __restrict__ part, float* __restrict__ out, i64 nparts, i64 q, int mode, i64 l,
     i64 nc) {
@@ -337,16 +340,18 @@ extern "C" __global__ void __launch_bounds__(NT) reduce_parts_kernel(
         // mode 2 walks segments from the end and indexes them in reverse
         const i64 k = mode == 2 ? q - 1 - (sg * NT + threadIdx.x) : sg * NT + threadIdx.x;
         const bool valid = mode == 2 ? (sg * NT + threadIdx.x) < q : k < q;
+        // the element this thread scans: v_k, or v_{k−1} for the exclusive prefix
+        const i64 src = mode == 1 ? k - 1 : k;
         float v = 0.0f;
-        if (valid)
-            for (i64 pp = 0; pp < nparts; ++pp) v += pb[pp * q + k];
+        if (valid && src >= 0)
+            for (i64 pp = 0; pp < nparts; ++pp) v += pb[pp * q + src];
         if (mode == 0) {
             if (valid) ob[k] = v;
             continue;
         }
         float total;
         const float incl = block_inclusive_scan(v, red, total);
-        if (valid) ob[k] = k < len ? carry + (mode == 1 ? incl - v : incl) : 0.0f;
+        if (valid) ob[k] = k < len ? carry + incl : 0.0f;
         carry += total;
     }
 }
@@ -641,21 +646,25 @@ extern "C" __global__ void __launch_bounds__(NT) assemble_dda_kernel(
     const i64 len = min(q, l - c * q);
     const float chunk = ddA_chunk[bhc];
     const i64 nseg = (q + NT - 1) / NT;
-    // forward pass: intra, next, chunk
+    // forward pass: intra, next, chunk. next_k = Σ_{s<k} U_s is the inclusive scan of U shifted
+    // by one (thread k holds U_{k−1}), not `inclusive − U_k`: U_s ∝ exp(a_last − a_s) grows by
+    // e^{Δ|A|} per step, so U_k can dwarf Σ_{s<k} U_s (by 3e8 on a drawn case, where the
+    // difference returned 0 for a true −2e-9 and dA_h was off by 1.9e-2 of its terms).
     float carry = 0.0f;
     for (i64 sg = 0; sg < nseg; ++sg) {
         const i64 k = sg * NT + threadIdx.x;
         float u = 0.0f, in = 0.0f;
         if (k < q) {
-            for (i64 pp = 0; pp < n_uv; ++pp) u += part_u[(bhc * n_uv + pp) * q + k];
+            if (k >= 1)
+                for (i64 pp = 0; pp < n_uv; ++pp) u += part_u[(bhc * n_uv + pp) * q + k - 1];
             for (i64 pp = 0; pp < n_intra; ++pp) in += part_intra[(bhc * n_intra + pp) * q + k];
         }
         float total;
-        const float incl = block_inclusive_scan(u, red, total);
+        const float excl = block_inclusive_scan(u, red, total);
         if (k < q) {
             const i64 o = bhc * q + k;
             adj_intra[o] = in;
-            adj_next[o] = k < len ? carry + (incl - u) : 0.0f;
+            adj_next[o] = k < len ? carry + excl : 0.0f;
             adj_chunk[o] = k < len ? chunk : 0.0f;
         }
         carry += total;

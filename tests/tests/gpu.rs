@@ -871,6 +871,24 @@ fn check_combined(
     if !backward {
         return Ok(());
     }
+    let r = combined_bwd_pair(g, p, seed);
+    check_gradients(p, &r.dout, &r.gg, &r.ag, &r.gw, &r.aw)
+}
+
+/// The combined backward of one problem on the device and in the float64 reference.
+struct BwdPair {
+    dout: Array4<f64>,
+    gg: Gradients<f32>,
+    ag: AAdjoint<f32>,
+    gw: Gradients<f64>,
+    aw: AAdjoint<f64>,
+}
+
+/// The backward of `p` (already rounded to f32) on the device and in the float64 reference,
+/// seeded by a `dout` drawn from `seed` and, unless `seed % 3 == 0`, a `dfinal_states` drawn
+/// from `seed ^ 5`.
+fn combined_bwd_pair(g: &Gpu, p: &Problem<f64>, seed: u64) -> BwdPair {
+    let pf = p.to_f32();
     let dims = p.dims();
     let dout: Array4<f64> = r(&random_array(
         &[dims.batch, dims.seqlen, dims.nheads, dims.headdim],
@@ -901,7 +919,13 @@ fn check_combined(
             with_final.then(|| dfinal32.view()),
         )
         .unwrap();
-    check_gradients(p, &dout, &gg, &ag, &gw, &aw)
+    BwdPair {
+        dout,
+        gg,
+        ag,
+        gw,
+        aw,
+    }
 }
 
 fn check_gradients(
@@ -1048,6 +1072,204 @@ fn combined_multi_tile_shapes() {
             panic!("{:?} Q={q}: {e}", prob.dims());
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strong decay: the A adjoint, dA, ddt and ddt_bias
+
+/// The spec and dout seed of the drawn `small_problems_sweep` case on which `dA[2]` once missed
+/// by 1.9e-2 of its terms' magnitude: b 1, l 58, h 3, p 6, n 4, Q 25 (chunks 25, 25, 8),
+/// softplus off, `seq_idx`, `z`, `dt_bias`, `D` (h, p), no initial states; its ngroups (1 or 3)
+/// and `dt_limit` were not recorded.
+const RECORDED_SEED: u64 = 16365628629695104459;
+const RECORDED_DOUT_SEED: u64 = 5757378176209379683;
+
+fn recorded_case(ngroups: usize, dt_limit: (f64, f64)) -> ProblemSpec {
+    let mut spec = ProblemSpec::plain(1, 58, 3, 6, ngroups, 4, 25).seed(RECORDED_SEED);
+    spec.d = DKind::PerChannel;
+    spec.z = true;
+    spec.dt_bias = true;
+    spec.seq_idx = true;
+    spec.options.dt_limit = dt_limit;
+    spec
+}
+
+/// The `dt_limit` that `spec_within` draws with a spec seed (when it draws one at all).
+fn drawn_dt_limit(seed: u64) -> (f64, f64) {
+    let mut rng = Rng::new(seed ^ 0xD1CE);
+    let lo = rng.range(0.0, 0.015);
+    (lo, rng.range(0.03, 0.12))
+}
+
+/// A strong-decay problem from `spec`'s values: every head's `A` in [−16, −11] (head 0 in
+/// [−4, −1] where h > 1, so the heads' magnitudes differ by orders), Δ of 0.3–2.5 (per-step
+/// decays down to e⁻⁴⁰, within-chunk cumsums to −10³), `dt_bias` in [0, 0.5).
+fn strong_decay(spec: &ProblemSpec, seed: u64) -> Problem<f64> {
+    let mut p = spec.build();
+    let mut rng = Rng::new(seed);
+    let nh = p.a.len();
+    for (h, a) in p.a.iter_mut().enumerate() {
+        *a = if h == 0 && nh > 1 {
+            -rng.range(1.0, 4.0)
+        } else {
+            -rng.range(11.0, 16.0)
+        };
+    }
+    let softplus = p.options.dt_softplus;
+    p.dt.mapv_inplace(|_| {
+        if softplus {
+            rng.range(-0.5, 2.5)
+        } else {
+            rng.range(0.3, 2.5)
+        }
+    });
+    if let Some(bias) = &mut p.dt_bias {
+        bias.mapv_inplace(|_| rng.range(0.0, 0.5));
+    }
+    p
+}
+
+/// `‖got − want‖ / ‖magnitude‖` over one head's entries of (b, h, c, Q) tensors.
+fn head_error(got: &Array4<f32>, want: &Array4<f64>, mag: &Array4<f64>, h: usize) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    ndarray::Zip::indexed(got)
+        .and(want)
+        .and(mag)
+        .for_each(|(_, hh, _, _), g, w, m| {
+            if hh == h {
+                num += (*g as f64 - w).powi(2);
+                den += m * m;
+            }
+        });
+    if num == 0.0 {
+        0.0
+    } else {
+        num.sqrt() / den.sqrt()
+    }
+}
+
+/// Prints, per head, each A-adjoint part's error relative to the head's magnitudes (the four
+/// parts' absolute values), `dA_h` and `ddt_bias_h` relative to their terms; and `ddt`'s rel_l2.
+fn print_adjoint_errors(label: &str, p: &Problem<f64>, r: &BwdPair) {
+    let (ag, aw) = (&r.ag, &r.aw);
+    let mag = ab(&aw.intra) + ab(&aw.next) + ab(&aw.prev) + ab(&aw.chunk);
+    let f = ChunkedForward::run(&p.inputs(), &p.options).unwrap();
+    let (mag_a, mag_b) = cumsum_bwd_magnitudes(p, &mag, &f.dt_bhcq, &r.gw.ddt);
+    println!(
+        "{label}: A {:?}; ddt rel_l2 {:.2e}",
+        p.a.iter().map(|a| *a as f32).collect::<Vec<_>>(),
+        rel_l2(&r.gg.ddt, &r.gw.ddt)
+    );
+    for h in 0..p.a.len() {
+        let ea = rel_to_magnitude(r.gg.da[h] as f64, r.gw.da[h], mag_a[h]);
+        let eb = match (&r.gg.ddt_bias, &r.gw.ddt_bias) {
+            (Some(a), Some(b)) => rel_to_magnitude(a[h] as f64, b[h], mag_b[h]),
+            _ => 0.0,
+        };
+        println!(
+            "  head {h}: dA {:.3e} (want {:.6e}, |terms| {:.2e}), ddt_bias {:.3e}; \
+             intra {:.2e} next {:.2e} prev {:.2e} chunk {:.2e}",
+            ea,
+            r.gw.da[h],
+            mag_a[h],
+            eb,
+            head_error(&ag.intra, &aw.intra, &mag, h),
+            head_error(&ag.next, &aw.next, &mag, h),
+            head_error(&ag.prev, &aw.prev, &mag, h),
+            head_error(&ag.chunk, &aw.chunk, &mag, h),
+        );
+    }
+}
+
+/// Runs the combined forward and backward of `p0` against the reference with the file's checks,
+/// printing the per-head A-adjoint diagnostics; a failure is recorded, not raised.
+fn strong_decay_case(
+    g: &Gpu,
+    label: &str,
+    p0: &Problem<f64>,
+    seed: u64,
+    failures: &mut Vec<String>,
+) {
+    let p = rounded(p0);
+    if let Err(e) = check_combined(g, &p, seed, false) {
+        failures.push(format!("{label}: forward: {e}"));
+    }
+    let r = combined_bwd_pair(g, &p, seed);
+    print_adjoint_errors(label, &p, &r);
+    if let Err(e) = check_gradients(&p, &r.dout, &r.gg, &r.ag, &r.gw, &r.aw) {
+        failures.push(format!("{label}: {e}"));
+    }
+}
+
+/// The recorded case for both ngroups and several `dt_limit`s: under its decay (A down to −14,
+/// Δ about 1) `U_s = Δ_s exp(a_last − a_s)⟨x_s ⊗ B_s, dS_c⟩` grows by e^{Δ|A|} per step, so
+/// `ddA_next_k = Σ_{s<k} U_s` is 10⁻⁸ of `U_k` at the end of a chunk.
+#[test]
+fn strong_decay_recorded_case() {
+    let Some(g) = gpu() else { return };
+    let mut failures = Vec::new();
+    for ng in [1, 3] {
+        for dt_limit in [
+            (0.0, f64::INFINITY),
+            drawn_dt_limit(RECORDED_SEED),
+            (0.0, 0.5),
+            (0.1, 2.0),
+        ] {
+            let p = recorded_case(ng, dt_limit).build();
+            let label = format!("recorded case g={ng} dt_limit={dt_limit:?}");
+            strong_decay_case(&g, &label, &p, RECORDED_DOUT_SEED, &mut failures);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Strong decay (A in [−16, −11], Δ up to 3) on ragged chunks (the last shorter, Q > l, Q past
+/// one 256-thread scan segment, Q = 7), with and without `seq_idx`, softplus, `dt_limit` and
+/// initial states: every A-adjoint part, dA, ddt and ddt_bias against the reference.
+#[test]
+fn strong_decay_sweep() {
+    let Some(g) = gpu() else { return };
+    let mut failures = Vec::new();
+    let shapes = [
+        (1, 58, 3, 6, 1, 4, 25),
+        (2, 200, 4, 8, 2, 8, 64),
+        (1, 130, 3, 16, 3, 16, 100),
+        (1, 290, 2, 8, 1, 8, 270),
+        (2, 75, 4, 4, 4, 4, 7),
+        (1, 300, 2, 5, 1, 3, 300),
+        (1, 41, 2, 3, 2, 2, 64),
+    ];
+    for (k, &(b, l, h, p, gr, n, q)) in shapes.iter().enumerate() {
+        for v in 0..4usize {
+            let seed = 7000 + 10 * k as u64 + v as u64;
+            let mut spec = ProblemSpec::plain(b, l, h, p, gr, n, q)
+                .seed(seed)
+                .all_options();
+            spec.seq_idx = v != 3;
+            spec.initial_states = v < 2;
+            spec.d = [
+                DKind::PerChannel,
+                DKind::PerHead,
+                DKind::None,
+                DKind::PerChannel,
+            ][v];
+            spec.options.dt_softplus = v % 2 == 1;
+            spec.options.dt_limit = [
+                (0.0, f64::INFINITY),
+                (0.0, f64::INFINITY),
+                (0.0, 2.0),
+                (0.5, f64::INFINITY),
+            ][v];
+            let prob = strong_decay(&spec, seed ^ 0x5D);
+            let label = format!(
+                "strong decay ({b}, {l}, {h}, {p}, {gr}, {n}) Q={q} seq_idx={} softplus={} \
+                 dt_limit={:?}",
+                spec.seq_idx, spec.options.dt_softplus, spec.options.dt_limit
+            );
+            strong_decay_case(&g, &label, &prob, seed, &mut failures);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The same inputs give bit-identical outputs and gradients, run after run, and on another
