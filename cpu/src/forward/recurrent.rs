@@ -1,25 +1,71 @@
 //! The literal recurrence in f32 [`ssd_reference::ssd_recurrent`], token by token:
 //! `H_t = exp(Δ_t A) H_{t−1} + Δ_t x_t ⊗ B_t`, `y_t = H_t C_t + D ⊙ x_t`, `out_t = y_t ⊙ silu(z_t)`;
-//! with `seq_idx`, `H` restarts from 0 at every change of id and the initial state applies only
-//! if the row's first id is 0.
+//! with `seq_idx`, `H` restarts from 0 at every change of id (the decay of that token is 0) and
+//! the initial state applies only if the row's first id is 0.
 //!
-//! Per (batch, head) tile, the state (p × n, n padded to 8) stays in L1; per token and row of
-//! `H` one pass over n with SIMD (two rows at a time share the loads of `B` and `C`). It does
-//! `≈ 4np` FLOPs per token and head like the chunked form, but as streaming updates of the
-//! state instead of register-blocked products.
+//! Register-blocked: the rows of `H` (one per p) evolve independently, so a block of
+//! [`KN`] state columns × [`MP`]·8 rows lives in registers, transposed (vectors along p), for
+//! [`TB`] tokens at a time. Per token and block: `H = H·a + B_n (Δx)` and
+//! `y += C_n H` — 3 vector operations per 8 state elements and no load or store of `H`, so the
+//! scan runs at the FMA ports' rate (it does `≈ 5np` FLOPs per token and head, the chunked form
+//! `≈ 4np + 2Qp`). `y` of the time block (TB × p) accumulates over the column blocks in L1.
+//!
+//! Tiles: (b, h, range of p) — the rows of `H` split across tiles never interact, so the tile
+//! layout (chosen from the thread count) does not change any arithmetic.
 
 use super::{flat, Geom, Seq};
-use crate::par::{for_each_tile, split_mut, Par};
-use crate::simd::{load, load_partial, pad, process_dt, silu, store, store_partial, V, W};
-use ndarray::{ArrayViewMut2, ArrayViewMut4, Axis};
+use crate::par::{for_each_tile, Par};
+use crate::simd::{
+    load, load_partial, pad, prefetch_range, process_dt, silu, store, store_partial, V, W,
+};
+use ndarray::{s, ArrayViewMut3, ArrayViewMut4, Axis};
 use ssd_reference::{Inputs, Options};
 
-/// Runs every (b, h) tile; writes `out` (standard layout) and `final_states` ((b, h, p, n)).
+/// State columns (n) per register block.
+const KN: usize = 4;
+/// Vectors of 8 rows (p) per register block.
+const MP: usize = 2;
+/// Tokens per time block.
+const TB: usize = 64;
+
+/// Per-worker scratch.
+struct Scratch {
+    /// `H` of the tile's heads, transposed: (heads, n padded to KN, rows padded to 8)
+    hs: Vec<f32>,
+    /// `Δ_t x_t` of the time block: (TB, rows padded)
+    dx: Vec<f32>,
+    /// `y` of the time block: (TB, rows padded)
+    y: Vec<f32>,
+    /// per-token decay `exp(Δ_t A)` (0 at a change of `seq_idx`)
+    decay: Vec<f32>,
+    /// `B` and `C` of the time block packed per column block: (n / KN, TB, [B; KN], [C; KN])
+    bc: Vec<f32>,
+}
+
+/// One tile: batch row `b`, heads `h0..h0 + nh`, rows `p0..p0 + np` of their `H`; its view of
+/// `out` ((l, nh, np)) and its part of `final_states` ((nh, np, n), contiguous because a tile
+/// has either whole heads or one head).
+struct Tile<'a> {
+    b: usize,
+    h0: usize,
+    p0: usize,
+    out: ArrayViewMut3<'a, f32>,
+    fin: &'a mut [f32],
+}
+
+/// Runs every (b, heads, rows) tile; writes `out` (standard layout) and `final_states`
+/// ((b, h, p, n)).
+///
+/// `x`, `z` and `out` rows are `h·p` floats apart, a new page per token at S2 where the
+/// hardware prefetchers stop: a tile takes several heads and, per time block, walks them in
+/// turn, so the pages of a token are shared by its heads; the rows of the next head are
+/// requested while one head runs. Without both, the misses and page walks of those rows cost
+/// as much as the arithmetic at S2 (perf, one thread).
 pub(crate) fn recurrent_core(
     g: &Geom,
     inputs: &Inputs<'_, f32>,
     options: &Options,
-    out: ArrayViewMut4<'_, f32>,
+    mut out: ArrayViewMut4<'_, f32>,
     final_states: &mut [f32],
     par: Par,
 ) {
@@ -43,110 +89,284 @@ pub(crate) fn recurrent_core(
         .d
         .as_ref()
         .map(|d| super::chunk_scan::d_table(d, g.nh, g.np, g.pp));
-    let np_ = pad(g.nn);
-    let pn = g.np * g.nn;
-    let mut views: Vec<ArrayViewMut2<'_, f32>> = Vec::with_capacity(g.nb * g.nh);
-    let mut rest = out;
-    for _ in 0..g.nb {
+    // About two tiles per thread: whole heads in ranges when there are enough (b, h) pairs,
+    // otherwise single heads split by rows. Never changes the arithmetic of any element.
+    let want = 2 * par.degree();
+    let (hpt, rows) = if g.nb * g.nh >= want {
+        let ranges = want.div_ceil(g.nb).min(g.nh);
+        (g.nh.div_ceil(ranges), g.np)
+    } else {
+        let splits = want
+            .div_ceil((g.nb * g.nh).max(1))
+            .clamp(1, g.np.div_ceil(MP * W).max(1));
+        (1, g.np.div_ceil(splits).div_ceil(W) * W)
+    };
+    let mut tiles: Vec<Tile<'_>> = Vec::new();
+    let mut rest = out.view_mut();
+    let mut fin_rest = &mut final_states[..];
+    for b in 0..g.nb {
         let (head, tail) = rest.split_at(Axis(0), 1);
         rest = tail;
         let mut vb = head.index_axis_move(Axis(0), 0);
-        for _ in 0..g.nh {
-            let (vh, t) = vb.split_at(Axis(1), 1);
+        let mut h0 = 0;
+        while h0 < g.nh {
+            let hn = hpt.min(g.nh - h0);
+            let (mut vh, t) = vb.split_at(Axis(1), hn);
             vb = t;
-            views.push(vh.index_axis_move(Axis(1), 0));
+            let mut p0 = 0;
+            while p0 < g.np {
+                let take = rows.min(g.np - p0);
+                let (piece, t) = vh.split_at(Axis(2), take);
+                vh = t;
+                let (fin, t) = std::mem::take(&mut fin_rest).split_at_mut(hn * take * g.nn);
+                fin_rest = t;
+                tiles.push(Tile {
+                    b,
+                    h0,
+                    p0,
+                    out: piece,
+                    fin,
+                });
+                p0 += take;
+            }
+            h0 += hn;
         }
     }
-    let tiles: Vec<_> = views
-        .into_iter()
-        .zip(split_mut(final_states, g.nb * g.nh, pn))
-        .enumerate()
-        .collect();
-    let scratch = || {
-        (
-            vec![0.0f32; g.np * np_],
-            vec![0.0f32; np_],
-            vec![0.0f32; np_],
-            vec![0.0f32; g.pp],
-        )
+    // n padded to a multiple of KN: the padded columns have B = C = 0, so their H stays 0.
+    let nk = g.nn.div_ceil(KN) * KN;
+    let rows_p = pad(rows);
+    let scratch = || Scratch {
+        hs: vec![0.0; hpt * nk * rows_p],
+        dx: vec![0.0; TB * rows_p],
+        y: vec![0.0; TB * rows_p],
+        decay: vec![0.0; TB],
+        bc: vec![0.0; 2 * nk * TB],
     };
-    for_each_tile(
-        par,
-        tiles,
-        scratch,
-        |(hs, brow, crow, y), (i, (mut out, fin))| {
-            let (b, h) = (i / g.nh, i % g.nh);
-            let gg = h / g.hpg();
-            let first_id = if g.l > 0 { seq.id(b, 0) } else { 0 };
-            hs.fill(0.0);
-            if let (Some(init), 0) = (&init, first_id) {
-                for p in 0..g.np {
-                    hs[p * np_..p * np_ + g.nn].copy_from_slice(&init[i * pn + p * g.nn..][..g.nn]);
+    let (nn, pn) = (g.nn, g.np * g.nn);
+    for_each_tile(par, tiles, scratch, |s, tile| {
+        let Tile {
+            b,
+            h0,
+            p0,
+            mut out,
+            fin,
+        } = tile;
+        let (hn, nr) = (out.dim().1, out.dim().2);
+        let rp = pad(nr);
+        let slab = nk * rp;
+        let hs = &mut s.hs[..hn * slab];
+        hs.fill(0.0);
+        let first_id = if g.l > 0 { seq.id(b, 0) } else { 0 };
+        if let (Some(init), 0) = (&init, first_id) {
+            for (j, st) in hs.chunks_exact_mut(slab).enumerate() {
+                let i = b * g.nh + h0 + j;
+                for r in 0..nr {
+                    for n in 0..nn {
+                        st[n * rp + r] = init[i * pn + (p0 + r) * nn + n];
+                    }
                 }
             }
-            let bias = bias.as_deref().map_or(0.0, |v| v[h]);
-            for t in 0..g.l {
-                if t > 0 && seq.ids.is_some() && seq.id(b, t) != seq.id(b, t - 1) {
-                    hs.fill(0.0);
+        }
+        let mut t0 = 0;
+        while t0 < g.l {
+            let len = TB.min(g.l - t0);
+            let mut packed_group = usize::MAX;
+            for j in 0..hn {
+                let h = h0 + j;
+                let gg = h / g.hpg();
+                if gg != packed_group {
+                    pack_bc(&mut s.bc, &bm, &cm, g, b, t0, len, gg, nk);
+                    packed_group = gg;
                 }
-                let delta = process_dt(
-                    dt[(b * g.l + t) * g.nh + h],
-                    bias,
-                    options.dt_softplus,
-                    options.dt_limit,
-                );
-                let decay = V::splat((delta * a[h] as f64).exp() as f32);
-                let delta = delta as f32;
-                let bc = g.bc_at(b, t, gg);
-                brow[..g.nn].copy_from_slice(&bm[bc..bc + g.nn]);
-                crow[..g.nn].copy_from_slice(&cm[bc..bc + g.nn]);
-                let xrow = &x[g.x_at(b, t, h)..][..g.np];
-                let mut p = 0;
-                while p + 2 <= g.np {
-                    let (d0, d1) = (V::splat(delta * xrow[p]), V::splat(delta * xrow[p + 1]));
-                    let (r0, r1) = hs[p * np_..(p + 2) * np_].split_at_mut(np_);
-                    let (mut a0, mut a1) = ([V::ZERO; 2], [V::ZERO; 2]);
-                    for (k, j) in (0..np_).step_by(W).enumerate() {
-                        let (bv, cv) = (load(&brow[j..]), load(&crow[j..]));
-                        let h0 = bv.mul_add(d0, load(&r0[j..]) * decay);
-                        let h1 = bv.mul_add(d1, load(&r1[j..]) * decay);
-                        store(&mut r0[j..], h0);
-                        store(&mut r1[j..], h1);
-                        a0[k % 2] = h0.mul_add(cv, a0[k % 2]);
-                        a1[k % 2] = h1.mul_add(cv, a1[k % 2]);
-                    }
-                    y[p] = (a0[0] + a0[1]).reduce_add();
-                    y[p + 1] = (a1[0] + a1[1]).reduce_add();
-                    p += 2;
-                }
-                if p < g.np {
-                    let d0 = V::splat(delta * xrow[p]);
-                    let r0 = &mut hs[p * np_..(p + 1) * np_];
-                    let mut a0 = V::ZERO;
-                    for j in (0..np_).step_by(W) {
-                        let h0 = load(&brow[j..]).mul_add(d0, load(&r0[j..]) * decay);
-                        store(&mut r0[j..], h0);
-                        a0 = h0.mul_add(load(&crow[j..]), a0);
-                    }
-                    y[p] = a0.reduce_add();
-                }
-                let mut orow = out.row_mut(t);
-                let orow = orow.as_slice_mut().expect("tile rows are contiguous");
-                let xo = g.x_at(b, t, h);
-                for j in (0..g.pp).step_by(W) {
-                    let mut yv = load(&y[j..]);
-                    if let Some(dt) = &dtab {
-                        yv = load(&dt[h * g.pp + j..]).mul_add(load_partial(&xrow[j..]), yv);
-                    }
+                // rows of x, z and out of the next (head, time block), a page apart per token
+                let (tn, jn) = if j + 1 < hn {
+                    (t0, j + 1)
+                } else {
+                    (t0 + TB, 0)
+                };
+                for t in tn..(tn + TB).min(g.l) {
+                    let xo = g.x_at(b, t, h0 + jn) + p0;
+                    prefetch_range(&x, xo, nr);
                     if let Some(z) = &z {
-                        yv *= silu(load_partial(&z[xo + j..xo + g.np]));
+                        prefetch_range(z, xo, nr);
                     }
-                    store_partial(&mut orow[j..], yv);
+                    let row = out.slice(s![t, jn, ..]);
+                    prefetch_range(row.as_slice().expect("rows are contiguous"), 0, nr);
+                }
+                let bias = bias.as_deref().map_or(0.0, |v| v[h]);
+                for k in 0..len {
+                    let t = t0 + k;
+                    let delta = process_dt(
+                        dt[(b * g.l + t) * g.nh + h],
+                        bias,
+                        options.dt_softplus,
+                        options.dt_limit,
+                    );
+                    let restart = t > 0 && seq.ids.is_some() && seq.id(b, t) != seq.id(b, t - 1);
+                    s.decay[k] = if restart {
+                        0.0
+                    } else {
+                        (delta * a[h] as f64).exp() as f32
+                    };
+                    let delta = delta as f32;
+                    let xrow = &x[g.x_at(b, t, h) + p0..][..nr];
+                    let dxrow = &mut s.dx[k * rp..(k + 1) * rp];
+                    for (d, &xv) in dxrow.iter_mut().zip(xrow) {
+                        *d = delta * xv;
+                    }
+                    dxrow[nr..].fill(0.0);
+                }
+                let blk = Block {
+                    dx: &s.dx[..len * rp],
+                    decay: &s.decay[..len],
+                    bc: &s.bc[..2 * nk * len],
+                    rp,
+                };
+                let y = &mut s.y[..len * rp];
+                let st = &mut hs[j * slab..(j + 1) * slab];
+                let mut r = 0;
+                while r + MP * W <= rp {
+                    scan_rows::<MP>(&blk, st, y, r);
+                    r += MP * W;
+                }
+                while r < rp {
+                    scan_rows::<1>(&blk, st, y, r);
+                    r += W;
+                }
+                // epilogue: + D x, z gate, into out
+                for k in 0..len {
+                    let t = t0 + k;
+                    let xo = g.x_at(b, t, h) + p0;
+                    let mut orow = out.slice_mut(s![t, j, ..]);
+                    let orow = orow.as_slice_mut().expect("rows are contiguous");
+                    for q in (0..nr).step_by(W) {
+                        let mut yv = load(&y[k * rp + q..]);
+                        if let Some(dt) = &dtab {
+                            yv = load(&dt[h * g.pp + p0 + q..])
+                                .mul_add(load_partial(&x[xo + q..xo + nr]), yv);
+                        }
+                        if let Some(z) = &z {
+                            yv *= silu(load_partial(&z[xo + q..xo + nr]));
+                        }
+                        store_partial(&mut orow[q..nr], yv);
+                    }
                 }
             }
-            for p in 0..g.np {
-                fin[p * g.nn..(p + 1) * g.nn].copy_from_slice(&hs[p * np_..p * np_ + g.nn]);
+            t0 += len;
+        }
+        for (j, st) in hs.chunks_exact(slab).enumerate() {
+            let f = &mut fin[j * nr * nn..(j + 1) * nr * nn];
+            for r in 0..nr {
+                for n in 0..nn {
+                    f[r * nn + n] = st[n * rp + r];
+                }
             }
-        },
-    );
+        }
+    });
+}
+
+/// Packs `B` and `C` of group `gg`, tokens `t0..t0 + len`: column block `j`, token `k` →
+/// `bc[(j·len + k)·2KN ..]`, `KN` values of `B` then `KN` of `C`, zero past `n`.
+#[allow(clippy::too_many_arguments)]
+fn pack_bc(
+    bc: &mut [f32],
+    bm: &[f32],
+    cm: &[f32],
+    g: &Geom,
+    b: usize,
+    t0: usize,
+    len: usize,
+    gg: usize,
+    nk: usize,
+) {
+    let nn = g.nn;
+    let bc = &mut bc[..2 * nk * len];
+    let full = nn / KN;
+    for k in 0..len {
+        let o = g.bc_at(b, t0 + k, gg);
+        let (brow, crow) = (&bm[o..o + nn], &cm[o..o + nn]);
+        for j in 0..full {
+            let dst = &mut bc[(j * len + k) * 2 * KN..][..2 * KN];
+            let src = j * KN..(j + 1) * KN;
+            dst[..KN].copy_from_slice(&brow[src.clone()]);
+            dst[KN..].copy_from_slice(&crow[src]);
+        }
+        if full < nk / KN {
+            let dst = &mut bc[(full * len + k) * 2 * KN..][..2 * KN];
+            dst.fill(0.0);
+            for (u, n) in (full * KN..nn).enumerate() {
+                dst[u] = brow[n];
+                dst[KN + u] = crow[n];
+            }
+        }
+    }
+}
+
+/// The inputs of one time block shared by its register blocks.
+struct Block<'a> {
+    /// `Δ_t x_t`, (len, rp)
+    dx: &'a [f32],
+    decay: &'a [f32],
+    /// packed `B`, `C` (see [`Scratch::bc`])
+    bc: &'a [f32],
+    /// padded rows
+    rp: usize,
+}
+
+/// Rows `r..r + M·8` of `H` (all n, [`KN`] columns at a time in registers) over the time block;
+/// `y` rows are set by the first column block and accumulated by the others.
+fn scan_rows<const M: usize>(blk: &Block<'_>, hs: &mut [f32], y: &mut [f32], r: usize) {
+    let len = blk.decay.len();
+    for (j, bc) in blk.bc.chunks_exact(2 * KN * len).enumerate() {
+        scan_block::<M>(blk, bc, hs, y, r, j * KN);
+    }
+}
+
+/// The hot loop: [`KN`] columns × `M` vectors of `H` in registers for every token of the block.
+#[inline(always)]
+fn scan_block<const M: usize>(
+    blk: &Block<'_>,
+    bc: &[f32],
+    hs: &mut [f32],
+    y: &mut [f32],
+    r: usize,
+    n0: usize,
+) {
+    let rp = blk.rp;
+    let first = n0 == 0;
+    let mut hr = [[V::ZERO; M]; KN];
+    for (k, row) in hr.iter_mut().enumerate() {
+        for (m, v) in row.iter_mut().enumerate() {
+            *v = load(&hs[(n0 + k) * rp + r + m * W..]);
+        }
+    }
+    let rows = y.chunks_exact_mut(rp).zip(blk.dx.chunks_exact(rp));
+    for (((yr, dxr), &a), bct) in rows.zip(blk.decay).zip(bc.chunks_exact(2 * KN)) {
+        let a = V::splat(a);
+        let yr = &mut yr[r..r + M * W];
+        let dxr = &dxr[r..r + M * W];
+        let mut dx = [V::ZERO; M];
+        let mut acc = [V::ZERO; M];
+        for m in 0..M {
+            dx[m] = load(&dxr[m * W..]);
+            if !first {
+                acc[m] = load(&yr[m * W..]);
+            }
+        }
+        for k in 0..KN {
+            let (bv, cv) = (V::splat(bct[k]), V::splat(bct[KN + k]));
+            for m in 0..M {
+                hr[k][m] = hr[k][m].mul_add(a, bv * dx[m]);
+                acc[m] = cv.mul_add(hr[k][m], acc[m]);
+            }
+        }
+        for m in 0..M {
+            store(&mut yr[m * W..], acc[m]);
+        }
+    }
+    for (k, row) in hr.iter().enumerate() {
+        for (m, v) in row.iter().enumerate() {
+            store(&mut hs[(n0 + k) * rp + r + m * W..], *v);
+        }
+    }
 }

@@ -37,7 +37,8 @@ pub const GEMM_SIZE: usize = 2048;
 /// time of all threads per call: on a loaded machine `cpu_ms / threads` estimates the wall time
 /// with the cores to itself), `ms_alloc` (the owned-output API, allocating its outputs and
 /// intermediates, against the `_into` API with a reused workspace that `median_ms` reports),
-/// `ggml_ms` and `ggml_ratio` (> 1: faster than ggml's recurrent scan); for the decode row
+/// `chunked_ms` and `recurrent_ms` (the two algorithms forced, owned-output API), `ggml_ms` and
+/// `ggml_ratio` (> 1: faster than ggml's recurrent scan); for the decode row
 /// `bytes_per_s`, `copy_bytes_per_s` and `copy_ms`.
 pub fn run(
     shapes: &[Shape],
@@ -164,11 +165,19 @@ fn forward_row(sh: &Shape, reps: usize, par: Par, gemm: f64) -> Result<BenchRow,
     let ms_alloc = time_ms(reps.div_ceil(2), || {
         ssd_cpu::mamba_chunk_scan_combined(&inputs, &p.options, par).map(|_| ())
     })?;
+    let chunked_ms = time_ms(reps.div_ceil(2), || {
+        ssd_cpu::ssd_chunked(&inputs, &p.options, par).map(|_| ())
+    })?;
+    let recurrent_ms = time_ms(reps.div_ceil(2), || {
+        ssd_cpu::ssd_recurrent(&inputs, &p.options, par).map(|_| ())
+    })?;
     let gflops = sh.forward_flops() / (ms * 1e-3) / 1e9;
     let mut extra = vec![
         ("gemm_gflops".to_string(), gemm),
         ("cpu_ms".into(), cpu_ms),
         ("ms_alloc".into(), ms_alloc),
+        ("chunked_ms".into(), chunked_ms),
+        ("recurrent_ms".into(), recurrent_ms),
     ];
     if let Some(g) = ggml_ms(sh.name) {
         extra.push(("ggml_ms".into(), g));
