@@ -10,10 +10,11 @@
 //! `H_t = exp(Δ_t A) H_{t−1} + Δ_t x_t ⊗ B_t`, `y_t = H_t C_t + D ⊙ x_t`, `out_t = y_t ⊙ silu(z_t)`.
 //!
 //! - The combined forward [`mamba_chunk_scan_combined`] (and [`mamba_chunk_scan_combined_into`]
-//!   with caller buffers and a reusable [`Workspace`]), composed of the five chunked kernels
-//!   [`chunk_cumsum`], [`chunk_state`], [`state_passing`], [`bmm_chunk`], [`chunk_scan`]
-//!   (the last three fused per (batch, head), in chunks of `min(Q, 64)` tokens); the forms
-//!   [`ssd_chunked`] (the same) and [`ssd_recurrent`] (the literal recurrence);
+//!   with caller buffers and a reusable [`Workspace`]), which runs the register-blocked
+//!   recurrence [`ssd_recurrent`] (fastest on a CPU at every shape measured); the five chunked
+//!   kernels [`chunk_cumsum`], [`chunk_state`], [`state_passing`], [`bmm_chunk`],
+//!   [`chunk_scan`] and their composition [`ssd_chunked`] (the last three fused per
+//!   (batch, head), in chunks of `min(Q, 64)` tokens);
 //! - the decode step [`selective_state_update`] (state in place, slots, padding rows);
 //! - [`rmsnorm_gated`] and [`swiglu`].
 //!
@@ -25,10 +26,11 @@
 //! Build for the machine (`RUSTFLAGS="-C target-cpu=native"`) where it has AVX-512; the
 //! workspace default is `x86-64-v3` (AVX2 + FMA), which `wide` needs to emit 256-bit FMA.
 //!
-//! Performance (DESIGN.md §6; `bench-cpu` in ssd-verify): the combined forward does `≈ 4np`
-//! FLOPs per token and head for the state plus `≈ Q·p` inside a chunk, as register-blocked
-//! products (6 × 16 tiles of `f32x8` FMAs). The decode step streams the state once and runs at
-//! a large fraction of a copy's bandwidth.
+//! Performance (DESIGN.md §6; `bench-cpu` in ssd-verify): the recurrence does 3 `f32x8`
+//! operations per 8 state elements and token (`H·a + B·Δx`, `y += C·H`) with blocks of `H` in
+//! registers; the chunked form does `≈ 4np` FLOPs per token and head for the state plus
+//! `≈ Q·p` inside a chunk, as register-blocked products (6 × 16 tiles of `f32x8` FMAs). The
+//! decode step streams the state once and runs at a large fraction of a copy's bandwidth.
 
 mod backward;
 mod decode;

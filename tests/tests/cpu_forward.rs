@@ -95,9 +95,9 @@ proptest! {
         }
     }
 
-    /// The combined forward (and `ssd_chunked`) against the float64 chunked reference, at the
+    /// The combined forward and `ssd_chunked` against the float64 chunked reference, at the
     /// drawn chunk size and at Q = 1, Q = 64 and Q > l; `ssd_recurrent` against the float64
-    /// recurrence.
+    /// recurrence; the combined forward runs the recurrence (same bits).
     #[test]
     fn combined_matches_reference(p in problem()) {
         let (p64, p32) = rounded(&p);
@@ -109,12 +109,37 @@ proptest! {
             check!(format!("combined out Q={q}"), got.out, want.out);
             check!(format!("combined final_states Q={q}"), got.final_states, want.final_states);
             let chunked = ssd_cpu::ssd_chunked(&p32.inputs(), &opts, two()).unwrap();
-            prop_assert!(same_bits(&chunked.out, &got.out));
+            check!(format!("chunked out Q={q}"), chunked.out, want.out);
+            check!(format!("chunked final_states Q={q}"), chunked.final_states, want.final_states);
         }
         let rec = ssd_cpu::ssd_recurrent(&p32.inputs(), &p.options, two()).unwrap();
         let want = ssd_reference::ssd_recurrent(&p64.inputs(), &p64.options).unwrap();
         check!("recurrent out", rec.out, want.out);
         check!("recurrent final_states", rec.final_states, want.final_states);
+        let got = ssd_cpu::mamba_chunk_scan_combined(&p32.inputs(), &p.options, two()).unwrap();
+        prop_assert!(same_bits(&rec.out, &got.out) && same_bits(&rec.final_states, &got.final_states));
+    }
+
+    /// The combined forward (the register-blocked recurrence, which carries the state rescaled
+    /// by the decay since the start of a segment) where segments break: per-head `A` from
+    /// −400 (the state forgets within a token: `e^{ΔA}` underflows) through −16 and −0.01 to
+    /// 0 (no decay), Δ scaled up to 8×, `seq_idx` restarts, initial states; against the float64
+    /// recurrence.
+    #[test]
+    fn combined_under_extreme_decay(spec in spec_within(Limits::default()), scale in 0.5f64..8.0) {
+        let mut p = spec.build();
+        let rates = [-400.0, -16.0, -2.0, -0.01, 0.0, -60.0, -1.0, -5.0];
+        for (h, a) in p.a.iter_mut().enumerate() {
+            *a = rates[h % rates.len()];
+        }
+        // Δ scaled up (no clamp but dt_limit's): softplus'd or raw dt both grow with `scale`
+        p.dt.mapv_inplace(|v| if p.options.dt_softplus { v + scale.ln() } else { v * scale });
+        let (p64, p32) = rounded(&p);
+        let got = ssd_cpu::mamba_chunk_scan_combined(&p32.inputs(), &p32.options, two()).unwrap();
+        let want = ssd_reference::ssd_recurrent(&p64.inputs(), &p64.options).unwrap();
+        prop_assert!(got.out.iter().chain(&got.final_states).all(|v| v.is_finite()));
+        check!("extreme decay out", got.out, want.out);
+        check!("extreme decay final_states", got.final_states, want.final_states);
     }
 
     /// Unrolling the decode step over the tokens equals the combined forward (and the float64
@@ -194,8 +219,8 @@ proptest! {
         let c = ssd_cpu::mamba_chunk_scan_combined(&p32.inputs(), &p32.options, Par::Seq).unwrap();
         prop_assert!(same_bits(&a.out, &b.out) && same_bits(&a.final_states, &b.final_states));
         prop_assert!(same_bits(&a.out, &c.out) && same_bits(&a.final_states, &c.final_states));
-        let r1 = ssd_cpu::ssd_recurrent(&p32.inputs(), &p32.options, two()).unwrap();
-        let r2 = ssd_cpu::ssd_recurrent(&p32.inputs(), &p32.options, Par::Seq).unwrap();
+        let r1 = ssd_cpu::ssd_chunked(&p32.inputs(), &p32.options, two()).unwrap();
+        let r2 = ssd_cpu::ssd_chunked(&p32.inputs(), &p32.options, Par::Seq).unwrap();
         prop_assert!(same_bits(&r1.out, &r2.out) && same_bits(&r1.final_states, &r2.final_states));
         let mut spec_p = p32.clone();
         spec_p.seq_idx = None;

@@ -58,12 +58,13 @@ impl Workspace {
 }
 
 /// The SSD forward of `mamba_chunk_scan_combined`: `out` (b, l, h, p) and `final_states`
-/// (b, h, p, n), by the chunked algorithm in chunks of `min(options.chunk_size, 64)` tokens
-/// (the result does not depend on the chunk size beyond f32 rounding; 64 is fastest here).
-///
-/// Per (batch, head), sequentially over the chunks, with the state kept in cache:
-/// `y_c = diag(e) C_c P_cᵀ + (L ∘ C_c B_cᵀ) diag(Δ) X_c` (+ `D x`, `z` gate), then
-/// `P_{c+1} = exp(a_last) P_c + Bᵀ diag(exp(a_last − a) Δ) X_c`.
+/// (b, h, p, n). Every form of DESIGN.md §2 computes the same function up to f32 rounding, so
+/// this runs the one that is fastest on a CPU at every shape measured: the register-blocked
+/// recurrence of [`ssd_recurrent`] (`H_t = exp(Δ_t A) H_{t−1} + Δ_t x_t ⊗ B_t`,
+/// `y_t = H_t C_t`, 3 vector operations per 8 state elements and token), not the chunked
+/// form [`ssd_chunked`] (≈ the same FLOPs per token at Q = 64 but as smaller products with
+/// more data movement). `bench-cpu` prints both (`recurrent_ms`, `chunked_ms`) at S1–S3.
+/// `options.chunk_size` is validated and plays no other part.
 ///
 /// Validates once (the checks and errors of [`ssd_reference::validate()`]); every option of
 /// the reference is supported (groups, `D` (h) or (h, p), `z`, `dt_bias`, softplus,
@@ -103,8 +104,9 @@ pub fn mamba_chunk_scan_combined(
 }
 
 /// The SSD forward by the literal recurrence (the f32 twin of [`ssd_reference::ssd_recurrent`]):
-/// per (batch, head) the state is updated token by token in L1, SIMD along n. Same inputs,
-/// options, validation and outputs as [`mamba_chunk_scan_combined`] (`chunk_size` plays no part).
+/// per (batch, head) the state is updated token by token, blocks of 4 state columns × 16 rows
+/// held in registers for 64 tokens at a time (SIMD along p). Same inputs, options, validation
+/// and outputs as [`mamba_chunk_scan_combined`] (`chunk_size` plays no part).
 pub fn ssd_recurrent(
     inputs: &Inputs<'_, f32>,
     options: &Options,
@@ -114,7 +116,11 @@ pub fn ssd_recurrent(
 }
 
 /// The SSD forward by the chunked algorithm (the f32 twin of [`ssd_reference::ssd_chunked`]),
-/// whatever the shape; see [`mamba_chunk_scan_combined`].
+/// whatever the shape, in chunks of `min(options.chunk_size, 64)` tokens (the result does not
+/// depend on the chunk size beyond f32 rounding; 64 is fastest here). Per (batch, head),
+/// sequentially over the chunks, with the state kept in cache:
+/// `y_c = diag(e) C_c P_cᵀ + (L ∘ C_c B_cᵀ) diag(Δ) X_c` (+ `D x`, `z` gate), then
+/// `P_{c+1} = exp(a_last) P_c + Bᵀ diag(exp(a_last − a) Δ) X_c`.
 pub fn ssd_chunked(
     inputs: &Inputs<'_, f32>,
     options: &Options,
@@ -128,9 +134,9 @@ pub fn ssd_chunked(
 enum Algorithm {
     Chunked,
     Recurrent,
-    /// What [`mamba_chunk_scan_combined`] runs: the chunked form at every shape. The
-    /// recurrence was measured 2.3–3× slower at S1 and S2 (CPU time, one thread), so no shape
-    /// picks it.
+    /// What [`mamba_chunk_scan_combined`] runs: the register-blocked recurrence at every
+    /// shape (measured faster than the chunked form at S1, S2 and S3 and on the shape sweep
+    /// of `bench-cpu`; see the issue notes and `recurrent_ms` / `chunked_ms` there).
     Auto,
 }
 
@@ -242,7 +248,7 @@ fn forward(
     par: Par,
 ) {
     let g = Geom::new(dims, block_size(dims.seqlen, options.chunk_size));
-    if alg == Algorithm::Recurrent {
+    if matches!(alg, Algorithm::Recurrent | Algorithm::Auto) {
         recurrent_core(&g, inputs, options, out, final_states, par);
         return;
     }

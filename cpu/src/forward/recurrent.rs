@@ -5,13 +5,20 @@
 //!
 //! Register-blocked: the rows of `H` (one per p) evolve independently, so a block of
 //! [`KN`] state columns × [`MP`]·8 rows lives in registers, transposed (vectors along p), for
-//! [`TB`] tokens at a time. Per token and block: `H = H·a + B_n (Δx)` and
-//! `y += C_n H` — 3 vector operations per 8 state elements and no load or store of `H`, so the
-//! scan runs at the FMA ports' rate (it does `≈ 5np` FLOPs per token and head, the chunked form
-//! `≈ 4np + 2Qp`). `y` of the time block (TB × p) accumulates over the column blocks in L1.
+//! [`TB`] tokens at a time, with no load or store of `H` per token.
 //!
-//! Tiles: (b, h, range of p) — the rows of `H` split across tiles never interact, so the tile
-//! layout (chosen from the thread count) does not change any arithmetic.
+//! Rescaled within segments (see [`Segment`]): with `P_t = exp(Σ_{s < i ≤ t} Δ_i A)` since the
+//! segment's start `s`, `H_t = P_t G_t`, `G_t = G_{t−1} + B_t ⊗ (Δ_t x_t / P_t)` and
+//! `y_t = P_t (G_t C_t)`: per token and block `G += B_n (Δx/P)`, `y += C_n G` — 2 FMAs per
+//! state element instead of 3 for `H·a + B (Δx)` (`4np` FLOPs per token and head like the
+//! chunked form's state part, without its `2Qp`). `Δx/P` and the factor `P_t` of `y` are
+//! per (token, p), outside the loop over n. A segment ends before `|log P|` passes
+//! [`LOG_P_MAX`] and at every change of `seq_idx`, so `G` stays within `e^{20}` of the inputs'
+//! scale whatever the decay. `y` of the time block (TB × p) accumulates over the column blocks
+//! in L1.
+//!
+//! Tiles: (b, range of heads, range of p) — the rows of `H` never interact, so the tile layout
+//! (chosen from the thread count) does not change any arithmetic.
 
 use super::{flat, Geom, Seq};
 use crate::par::{for_each_tile, Par};
@@ -36,8 +43,12 @@ struct Scratch {
     dx: Vec<f32>,
     /// `y` of the time block: (TB, rows padded)
     y: Vec<f32>,
-    /// per-token decay `exp(Δ_t A)` (0 at a change of `seq_idx`)
-    decay: Vec<f32>,
+    /// `P_t`, the decay since the start of the token's segment (see [`segments`])
+    pk: Vec<f32>,
+    /// log-decays `Δ_t A` of the time block
+    la: Vec<f64>,
+    /// segments of the time block
+    segs: Vec<Segment>,
     /// `B` and `C` of the time block packed per column block: (n / KN, TB, [B; KN], [C; KN])
     bc: Vec<f32>,
 }
@@ -139,7 +150,9 @@ pub(crate) fn recurrent_core(
         hs: vec![0.0; hpt * nk * rows_p],
         dx: vec![0.0; TB * rows_p],
         y: vec![0.0; TB * rows_p],
-        decay: vec![0.0; TB],
+        pk: vec![0.0; TB],
+        la: vec![0.0; TB],
+        segs: Vec::with_capacity(TB),
         bc: vec![0.0; 2 * nk * TB],
     };
     let (nn, pn) = (g.nn, g.np * g.nn);
@@ -194,6 +207,8 @@ pub(crate) fn recurrent_core(
                     prefetch_range(row.as_slice().expect("rows are contiguous"), 0, nr);
                 }
                 let bias = bias.as_deref().map_or(0.0, |v| v[h]);
+                let mut restart = [false; TB];
+                let mut dl = [0.0f32; TB];
                 for k in 0..len {
                     let t = t0 + k;
                     let delta = process_dt(
@@ -202,23 +217,25 @@ pub(crate) fn recurrent_core(
                         options.dt_softplus,
                         options.dt_limit,
                     );
-                    let restart = t > 0 && seq.ids.is_some() && seq.id(b, t) != seq.id(b, t - 1);
-                    s.decay[k] = if restart {
-                        0.0
-                    } else {
-                        (delta * a[h] as f64).exp() as f32
-                    };
-                    let delta = delta as f32;
-                    let xrow = &x[g.x_at(b, t, h) + p0..][..nr];
+                    restart[k] = t > 0 && seq.ids.is_some() && seq.id(b, t) != seq.id(b, t - 1);
+                    s.la[k] = delta * a[h] as f64;
+                    dl[k] = delta as f32;
+                }
+                let inv = segments(&s.la[..len], &restart[..len], &mut s.pk, &mut s.segs);
+                for k in 0..len {
+                    // Δ_t x_t / P_t
+                    let f = dl[k] * inv[k];
+                    let xrow = &x[g.x_at(b, t0 + k, h) + p0..][..nr];
                     let dxrow = &mut s.dx[k * rp..(k + 1) * rp];
                     for (d, &xv) in dxrow.iter_mut().zip(xrow) {
-                        *d = delta * xv;
+                        *d = f * xv;
                     }
                     dxrow[nr..].fill(0.0);
                 }
                 let blk = Block {
                     dx: &s.dx[..len * rp],
-                    decay: &s.decay[..len],
+                    segs: &s.segs,
+                    len,
                     bc: &s.bc[..2 * nk * len],
                     rp,
                 };
@@ -239,8 +256,9 @@ pub(crate) fn recurrent_core(
                     let xo = g.x_at(b, t, h) + p0;
                     let mut orow = out.slice_mut(s![t, j, ..]);
                     let orow = orow.as_slice_mut().expect("rows are contiguous");
+                    let pk = V::splat(s.pk[k]);
                     for q in (0..nr).step_by(W) {
-                        let mut yv = load(&y[k * rp + q..]);
+                        let mut yv = load(&y[k * rp + q..]) * pk;
                         if let Some(dt) = &dtab {
                             yv = load(&dt[h * g.pp + p0 + q..])
                                 .mul_add(load_partial(&x[xo + q..xo + nr]), yv);
@@ -302,11 +320,66 @@ fn pack_bc(
     }
 }
 
+/// A run of tokens `start..end` of a time block over which the state is carried rescaled:
+/// `H_t = P_t G_t` with `P_t = exp(Σ_{start < i ≤ t} Δ_i A)`, so that
+/// `G_t = G_{t−1} + B_t ⊗ (Δ_t x_t / P_t)` and `y_t = P_t (C_t · G_t)` — 2 FMAs per state
+/// element and token instead of 3. On entry `G = scale_in · H` (`scale_in` = the previous
+/// segment's `P` at its end times this token's decay, 0 at a change of `seq_idx`).
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    start: usize,
+    end: usize,
+    scale_in: f32,
+}
+
+/// Largest `|log P_t|` inside a segment: `1/P_t ≤ e^20 ≈ 5·10⁸`, so `G` stays within a factor
+/// 5·10⁸ of the inputs' scale (no overflow before `H` itself would) while strong decay
+/// (`Δ|A|` of 1.6 per token) still leaves segments of ≈ 12 tokens.
+const LOG_P_MAX: f64 = 20.0;
+
+/// Splits a time block with log-decays `la` into [`Segment`]s (a new one at its first token, at
+/// every restart of `seq_idx` and where `|log P|` would pass [`LOG_P_MAX`]); writes `P_t` into
+/// `pk` and returns `1/P_t` per token. The last segment's `scale_out` (`P` at its end) is
+/// returned in `segs` as a final segment `start = end = len`.
+fn segments(la: &[f64], restart: &[bool], pk: &mut [f32], segs: &mut Vec<Segment>) -> [f32; TB] {
+    let mut inv = [0.0f32; TB];
+    segs.clear();
+    let mut cum = 0.0f64;
+    let mut p_end = 1.0f64;
+    for k in 0..la.len() {
+        if k == 0 || restart[k] || (cum + la[k]).abs() > LOG_P_MAX {
+            if let Some(last) = segs.last_mut() {
+                last.end = k;
+                p_end = cum.exp();
+            }
+            let decay = if restart[k] { 0.0 } else { la[k].exp() };
+            segs.push(Segment {
+                start: k,
+                end: la.len(),
+                scale_in: (p_end * decay) as f32,
+            });
+            cum = 0.0;
+        } else {
+            cum += la[k];
+        }
+        pk[k] = cum.exp() as f32;
+        inv[k] = (-cum).exp() as f32;
+    }
+    segs.push(Segment {
+        start: la.len(),
+        end: la.len(),
+        scale_in: cum.exp() as f32,
+    });
+    inv
+}
+
 /// The inputs of one time block shared by its register blocks.
 struct Block<'a> {
-    /// `Δ_t x_t`, (len, rp)
+    /// `Δ_t x_t / P_t`, (len, rp)
     dx: &'a [f32],
-    decay: &'a [f32],
+    /// the segments, then `P` at the end of the last one (see [`segments`])
+    segs: &'a [Segment],
+    len: usize,
     /// packed `B`, `C` (see [`Scratch::bc`])
     bc: &'a [f32],
     /// padded rows
@@ -314,15 +387,15 @@ struct Block<'a> {
 }
 
 /// Rows `r..r + M·8` of `H` (all n, [`KN`] columns at a time in registers) over the time block;
-/// `y` rows are set by the first column block and accumulated by the others.
+/// `y` rows (`C_t · G_t`) are set by the first column block and accumulated by the others.
 fn scan_rows<const M: usize>(blk: &Block<'_>, hs: &mut [f32], y: &mut [f32], r: usize) {
-    let len = blk.decay.len();
-    for (j, bc) in blk.bc.chunks_exact(2 * KN * len).enumerate() {
+    for (j, bc) in blk.bc.chunks_exact(2 * KN * blk.len).enumerate() {
         scan_block::<M>(blk, bc, hs, y, r, j * KN);
     }
 }
 
-/// The hot loop: [`KN`] columns × `M` vectors of `H` in registers for every token of the block.
+/// The hot loop: [`KN`] columns × `M` vectors of `G` in registers for every token of the block,
+/// `G += B_t (Δx/P)_t`, `y_t += C_t G`.
 #[inline(always)]
 fn scan_block<const M: usize>(
     blk: &Block<'_>,
@@ -340,28 +413,39 @@ fn scan_block<const M: usize>(
             *v = load(&hs[(n0 + k) * rp + r + m * W..]);
         }
     }
-    let rows = y.chunks_exact_mut(rp).zip(blk.dx.chunks_exact(rp));
-    for (((yr, dxr), &a), bct) in rows.zip(blk.decay).zip(bc.chunks_exact(2 * KN)) {
-        let a = V::splat(a);
-        let yr = &mut yr[r..r + M * W];
-        let dxr = &dxr[r..r + M * W];
-        let mut dx = [V::ZERO; M];
-        let mut acc = [V::ZERO; M];
-        for m in 0..M {
-            dx[m] = load(&dxr[m * W..]);
-            if !first {
-                acc[m] = load(&yr[m * W..]);
+    for seg in blk.segs {
+        let f = V::splat(seg.scale_in);
+        for row in hr.iter_mut() {
+            for v in row.iter_mut() {
+                *v *= f;
             }
         }
-        for k in 0..KN {
-            let (bv, cv) = (V::splat(bct[k]), V::splat(bct[KN + k]));
+        let (s, e) = (seg.start, seg.end);
+        let rows = y[s * rp..e * rp]
+            .chunks_exact_mut(rp)
+            .zip(blk.dx[s * rp..e * rp].chunks_exact(rp));
+        for ((yr, dxr), bct) in rows.zip(bc[s * 2 * KN..e * 2 * KN].chunks_exact(2 * KN)) {
+            let yr = &mut yr[r..r + M * W];
+            let dxr = &dxr[r..r + M * W];
+            let mut dx = [V::ZERO; M];
+            // two accumulators per vector (even and odd columns) halve the FMA chain of `y`
+            let mut acc = [[V::ZERO; M]; 2];
             for m in 0..M {
-                hr[k][m] = hr[k][m].mul_add(a, bv * dx[m]);
-                acc[m] = cv.mul_add(hr[k][m], acc[m]);
+                dx[m] = load(&dxr[m * W..]);
+                if !first {
+                    acc[0][m] = load(&yr[m * W..]);
+                }
             }
-        }
-        for m in 0..M {
-            store(&mut yr[m * W..], acc[m]);
+            for k in 0..KN {
+                let (bv, cv) = (V::splat(bct[k]), V::splat(bct[KN + k]));
+                for m in 0..M {
+                    hr[k][m] = bv.mul_add(dx[m], hr[k][m]);
+                    acc[k % 2][m] = cv.mul_add(hr[k][m], acc[k % 2][m]);
+                }
+            }
+            for m in 0..M {
+                store(&mut yr[m * W..], acc[0][m] + acc[1][m]);
+            }
         }
     }
     for (k, row) in hr.iter().enumerate() {
