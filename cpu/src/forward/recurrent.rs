@@ -197,14 +197,18 @@ pub(crate) fn recurrent_core(
                 } else {
                     (t0 + TB, 0)
                 };
-                for t in tn..(tn + TB).min(g.l) {
+                let tend = (tn + TB).min(g.l);
+                for t in tn..tend {
                     let xo = g.x_at(b, t, h0 + jn) + p0;
                     prefetch_range(&x, xo, nr);
                     if let Some(z) = &z {
                         prefetch_range(z, xo, nr);
                     }
-                    let row = out.slice(s![t, jn, ..]);
-                    prefetch_range(row.as_slice().expect("rows are contiguous"), 0, nr);
+                }
+                if tn < tend {
+                    for row in out.slice(s![tn..tend, jn, ..]).outer_iter() {
+                        prefetch_range(row.as_slice().expect("rows are contiguous"), 0, nr);
+                    }
                 }
                 let bias = bias.as_deref().map_or(0.0, |v| v[h]);
                 let mut restart = [false; TB];
@@ -251,10 +255,10 @@ pub(crate) fn recurrent_core(
                     r += W;
                 }
                 // epilogue: + D x, z gate, into out
-                for k in 0..len {
+                let mut oh = out.slice_mut(s![t0..t0 + len, j, ..]);
+                for (k, mut orow) in oh.outer_iter_mut().enumerate() {
                     let t = t0 + k;
                     let xo = g.x_at(b, t, h) + p0;
-                    let mut orow = out.slice_mut(s![t, j, ..]);
                     let orow = orow.as_slice_mut().expect("rows are contiguous");
                     let pk = V::splat(s.pk[k]);
                     for q in (0..nr).step_by(W) {
