@@ -104,7 +104,12 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_reduce_kernel
     float s = 0.0f;
     for (i64 k = 0; k < nsplit; ++k) s += part[idx * nsplit + k];
     const bool same = chunk_end_id(seq, l, q, b, c) == prev_end_id(seq, l, q, b, c);
-    ddA_chunk[idx] = same ? exp_hl(dacs[idx * q + q - 1], lo_at(dlo, idx * q + q - 1)) * s : 0.0f;
+    // The product in double, rounded once: under strong decay exp(a_last) is below f32's normal
+    // range (e^-95 ≈ 5e-42) and an f32 exp followed by an f32 product rounds twice among the
+    // subnormals, off by up to a third of the value (seen on a drawn case).
+    const i64 il = idx * q + q - 1;
+    const double e = exp((double)dacs[il]) * (1.0 + (double)lo_at(dlo, il));
+    ddA_chunk[idx] = same ? (float)(e * (double)s) : 0.0f;
 }
 
 // chunk_scan_chunk_state_bwd_dx: per (b, c, h) and 64-row tile of tokens s, all p tiles in turn:
