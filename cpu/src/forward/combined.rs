@@ -18,8 +18,11 @@ use ndarray::{Array4, ArrayViewMut4};
 use ssd_reference::validate::check_shape;
 use ssd_reference::{Inputs, Options, Outputs};
 
-/// Intermediate buffers of the combined forward, kept between calls to avoid allocating (and
-/// first-touching) tens of MiB per call. Any workspace works for any problem; it grows as needed.
+/// Intermediate buffers of the chunked form (Δ, the cumsum, `CB`), kept between calls to avoid
+/// allocating (and first-touching) tens of MiB per call. Any workspace works for any problem; it
+/// grows as needed. The recurrence that [`mamba_chunk_scan_combined_into`] runs today needs only
+/// a few hundred KiB of per-thread scratch and leaves the workspace empty; the argument keeps
+/// the API stable whichever form a shape runs.
 ///
 /// ```
 /// # use ndarray::{Array1, Array3, Array4};
