@@ -2,7 +2,7 @@
 //! `exp` and `silu`, and scalar dt processing. Every kernel pads its contiguous axis to a
 //! multiple of [`W`] so that the same lanes are computed the same way in every call.
 
-use wide::{f32x8, CmpGe};
+use wide::{f32x8, CmpGe, CmpLe};
 
 /// Lanes of one vector.
 pub(crate) const W: usize = 8;
@@ -116,4 +116,11 @@ pub(crate) fn prefetch_range(s: &[f32], start: usize, len: usize) {
 #[inline]
 pub(crate) fn process_dt(dt: f32, bias: f32, softplus: bool, limit: (f64, f64)) -> f64 {
     ssd_reference::process_dt(dt as f64, bias as f64, softplus, limit)
+}
+
+/// Lanes `i` with `start + i ≤ last` keep `v`, the others become 0.
+#[inline(always)]
+pub(crate) fn mask_le(v: V, start: usize, last: usize) -> V {
+    let idx = iota() + V::splat(start as f32);
+    idx.cmp_le(V::splat(last as f32)).blend(v, V::ZERO)
 }

@@ -2,13 +2,50 @@
 //! `acc[r][v] += Σ_k A[r, k] · B[k, 8v..8v+8]` for a tile of `R ≤ 6` rows and `NV ≤ 2` vectors
 //! of 8 columns (at most 12 accumulators: AVX2 has 16 vector registers). `B` is row-major with
 //! its columns padded to a multiple of 8; `A` is column-major ([`fma_cols`]: one pointer and a
-//! stride). Accumulators live in locals for the whole k-loop. The k-loop runs in one fixed order, so the result never depends
+//! stride) or given by rows ([`fma_rows`]). Shared by the forward and the backward kernels. Accumulators live in locals for the whole k-loop. The k-loop runs in one fixed order, so the result never depends
 //! on how tiles are spread over threads.
 
 use crate::simd::{V, W};
 
 /// Rows of the main tile.
 pub(crate) const MR: usize = 6;
+
+/// `acc[r][v] += Σ_{kk<k} a_rows[r][kk] · b[kk·ldb + 8v ..]`.
+#[inline(always)]
+pub(crate) fn fma_rows<const R: usize, const NV: usize>(
+    acc: &mut [[V; NV]; R],
+    a_rows: [&[f32]; R],
+    b: &[f32],
+    ldb: usize,
+    k: usize,
+) {
+    if k == 0 {
+        return;
+    }
+    for row in &a_rows {
+        assert!(row.len() >= k, "fma_rows: a row shorter than k");
+    }
+    assert!(b.len() >= (k - 1) * ldb + NV * W, "fma_rows: b too short");
+    let a = a_rows.map(|row| row.as_ptr());
+    let bp = b.as_ptr();
+    let mut c = *acc;
+    for kk in 0..k {
+        let mut bv = [V::ZERO; NV];
+        for v in 0..NV {
+            // SAFETY: kk·ldb + v·W + W ≤ (k − 1)·ldb + NV·W ≤ b.len() (asserted above).
+            bv[v] =
+                unsafe { V::from(bp.add(kk * ldb + v * W).cast::<[f32; W]>().read_unaligned()) };
+        }
+        for r in 0..R {
+            // SAFETY: kk < k ≤ a_rows[r].len() (asserted above).
+            let av = V::splat(unsafe { *a[r].add(kk) });
+            for v in 0..NV {
+                c[r][v] = av.mul_add(bv[v], c[r][v]);
+            }
+        }
+    }
+    *acc = c;
+}
 
 /// `acc[r][v] += Σ_{kk<k} a[kk·ks + r] · b[kk·ldb + 8v ..]` (A column-major with stride `ks`).
 ///

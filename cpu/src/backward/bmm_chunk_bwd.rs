@@ -11,11 +11,11 @@
 //! skips the zero half of both products.
 
 use super::chunk_scan_chunk_state_bwd_dx::pack_cb;
-use super::micro::{fma_cols, fma_rows, for_tiles, TileOp};
 use super::pack::{group_tiles, local_geom, nnp, pack_rows, unpack_rows, Scratch};
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, Par};
 use crate::simd::{load, store, V, W};
+use crate::tile::{fma_cols, fma_rows, for_tiles, TileOp};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, Axis};
 use ssd_reference::validate::check_shape;

@@ -10,75 +10,31 @@
 //! Per (batch, chunk, head): `dC_h = diag(e) dY P` register-blocked over rows `l` and vectors of
 //! n, added to the group's `dC` in head order, with `V_l = rowsum(dC_h ⊙ C)` in the epilogue.
 
-use super::micro::{fma_rows, for_tiles, TileOp};
 use super::pack::{
     group_tiles, local_geom, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum, Scratch,
 };
+use super::row_scaled::{scaled_rows_product, RowScaled};
 use crate::forward::chunk_state::pn_to_slabs;
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
-use crate::simd::{load, store, V, W};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, Axis};
 use ssd_reference::chunking::check_bhcq;
 use ssd_reference::validate::{check_groups, check_shape};
 
-struct DcOp<'a> {
-    dy: &'a [f32],
-    pp: usize,
-    np: usize,
-    p_t: &'a [f32],
-    nnp: usize,
-    e: &'a [f32],
-    cp: &'a [f32],
-    dc: &'a mut [f32],
-    v: &'a mut [f32],
-}
-
-impl TileOp for DcOp<'_> {
-    #[inline(always)]
-    fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize) {
-        let (pp, np, nnp) = (self.pp, self.np, self.nnp);
-        let rows: [&[f32]; R] = std::array::from_fn(|r| &self.dy[(r0 + r) * pp..][..np]);
-        let mut acc = [[V::ZERO; NV]; R];
-        fma_rows(&mut acc, rows, &self.p_t[v0 * W..], nnp, np);
-        for r in 0..R {
-            let l = r0 + r;
-            let e = V::splat(self.e[l]);
-            let mut part = V::ZERO;
-            for v in 0..NV {
-                let col = l * nnp + (v0 + v) * W;
-                let a = acc[r][v] * e;
-                part = a.mul_add(load(&self.cp[col..]), part);
-                let o = load(&self.dc[col..]);
-                store(&mut self.dc[col..], o + a);
-            }
-            self.v[l] += part.reduce_add();
-        }
-    }
-}
-
 /// Adds `diag(e_prev) dY P` of one head to `s.dc` and writes `V` into `s.v[..len]`.
 ///
 /// Reads from the scratch: `dy` (packed dy rows), `p_t` (`P_c` as (p, n)), `e_prev`, `cp`.
 pub(crate) fn dc_head(g: &Geom, len: usize, s: &mut Scratch, any_prev: bool) {
-    s.v[..len].fill(0.0);
-    if !any_prev {
-        return;
-    }
-    let nnp = nnp(g);
-    let mut op = DcOp {
-        dy: &s.dy,
-        pp: g.pp,
-        np: g.np,
-        p_t: &s.p_t,
-        nnp,
-        e: &s.e_prev,
-        cp: &s.cp,
-        dc: &mut s.dc,
-        v: &mut s.v,
+    let ops = RowScaled {
+        rows: &s.dy,
+        m: &s.p_t,
+        scale: &s.e_prev,
+        other: &s.cp,
+        out: &mut s.dc,
+        dots: &mut s.v,
     };
-    for_tiles(&mut op, len, nnp / W);
+    scaled_rows_product(g, len, ops, any_prev);
 }
 
 /// Returns `(dc_blgn, ddacs_prev_bhcq)` (`V`, w.r.t. the cumsum `a_l`).

@@ -8,11 +8,11 @@
 //! causal blocks only, with the epilogue `dCB_h = G ⊙ E ⊙ Δ` added to the group's `dCB` in head
 //! order (and, for `chunk_scan_bwd_ddacs_stable`, `W = dCB_h ⊙ CB`).
 
-use super::micro::{fma_rows, for_tiles, TileOp};
 use super::pack::{decay_matrix, local_geom, pack_rows, transpose_packed, Cum, Scratch};
 use crate::forward::{flat, Geom};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, store, V, W};
+use crate::tile::{fma_rows, for_tiles, TileOp};
 use crate::SsdError;
 use ndarray::{Array5, ArrayView4};
 use ssd_reference::chunking::check_bhcq;

@@ -8,12 +8,12 @@
 //! Per (batch, chunk, head) tile: `dYe = diag(e) dY` packed (len × p), then the (n, p) slab
 //! `dPᵀ = Cᵀ dYe`, register-blocked with p along the vectors (the layout of `chunk_state`).
 
-use super::micro::{fma_cols, for_tiles, TileOp};
 use super::pack::{local_geom, pack_rows, Cum, Scratch};
 use crate::forward::chunk_state::slabs_to_pn;
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{store, V, W};
+use crate::tile::{fma_cols, for_tiles, TileOp};
 use crate::SsdError;
 use ndarray::{Array5, ArrayView2, ArrayView4};
 use ssd_reference::chunking::check_bhcq;

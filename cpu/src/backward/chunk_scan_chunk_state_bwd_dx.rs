@@ -12,13 +12,13 @@
 //! `G = diag(e_state) B dSᵀ + Mᵀ dY` with `M[l, s] = CB[l, s] E[l, s]` (only `l ≥ s`, read
 //! column-wise), then the epilogue `dx = diag(Δ) G + D ⊙ dY` and `ddt_direct = rowsum(G ⊙ X)`.
 
-use super::micro::{fma_cols, fma_rows, for_tiles, TileOp};
 use super::pack::{decay_matrix, group_tiles, local_geom, pack_rows, Cum, Scratch};
 use crate::forward::chunk_scan::d_table;
 use crate::forward::chunk_state::pn_to_slabs;
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, store, store_partial, V, W};
+use crate::tile::{fma_cols, fma_rows, for_tiles, TileOp};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, ArrayViewD, ArrayViewMut2, Axis};
 use ssd_reference::chunking::check_bhcq;

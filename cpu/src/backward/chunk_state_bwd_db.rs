@@ -9,76 +9,32 @@
 //! Per (batch, chunk, head): `dB_h = diag(w) X dS` register-blocked over rows `s` and vectors of
 //! n, added to the group's `dB` in head order, with `U_s = rowsum(dB_h ⊙ B)` in the epilogue.
 
-use super::micro::{fma_rows, for_tiles, TileOp};
 use super::pack::{
     exclusive_prefix, group_tiles, local_geom, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum,
     Scratch,
 };
+use super::row_scaled::{scaled_rows_product, RowScaled};
 use crate::forward::chunk_state::pn_to_slabs;
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
-use crate::simd::{load, store, V, W};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, Axis};
 use ssd_reference::chunking::check_bhcq;
 use ssd_reference::validate::{check_groups, check_shape};
 
-struct DbOp<'a> {
-    xp: &'a [f32],
-    pp: usize,
-    np: usize,
-    ds_t: &'a [f32],
-    nnp: usize,
-    w: &'a [f32],
-    bp: &'a [f32],
-    db: &'a mut [f32],
-    u: &'a mut [f32],
-}
-
-impl TileOp for DbOp<'_> {
-    #[inline(always)]
-    fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize) {
-        let (pp, np, nnp) = (self.pp, self.np, self.nnp);
-        let rows: [&[f32]; R] = std::array::from_fn(|r| &self.xp[(r0 + r) * pp..][..np]);
-        let mut acc = [[V::ZERO; NV]; R];
-        fma_rows(&mut acc, rows, &self.ds_t[v0 * W..], nnp, np);
-        for r in 0..R {
-            let s = r0 + r;
-            let ws = V::splat(self.w[s]);
-            let mut part = V::ZERO;
-            for v in 0..NV {
-                let col = s * nnp + (v0 + v) * W;
-                let a = acc[r][v] * ws;
-                part = a.mul_add(load(&self.bp[col..]), part);
-                let o = load(&self.db[col..]);
-                store(&mut self.db[col..], o + a);
-            }
-            self.u[s] += part.reduce_add();
-        }
-    }
-}
-
 /// Adds `diag(w) X dS` of one head to `s.db` and writes `U` into `s.u[..len]`.
 ///
 /// Reads from the scratch: `xp` (packed x rows), `ds_t` (`dS_c` as (p, n)), `w`, `bp`.
 pub(crate) fn db_head(g: &Geom, len: usize, s: &mut Scratch, any_state: bool) {
-    s.u[..len].fill(0.0);
-    if !any_state {
-        return;
-    }
-    let nnp = nnp(g);
-    let mut op = DbOp {
-        xp: &s.xp,
-        pp: g.pp,
-        np: g.np,
-        ds_t: &s.ds_t,
-        nnp,
-        w: &s.w,
-        bp: &s.bp,
-        db: &mut s.db,
-        u: &mut s.u,
+    let ops = RowScaled {
+        rows: &s.xp,
+        m: &s.ds_t,
+        scale: &s.w,
+        other: &s.bp,
+        out: &mut s.db,
+        dots: &mut s.u,
     };
-    for_tiles(&mut op, len, nnp / W);
+    scaled_rows_product(g, len, ops, any_state);
 }
 
 /// Returns `(db_blgn, ddA_next_bhcq)`.

@@ -25,7 +25,6 @@ use super::chunk_scan_bwd_dstates::dstates_tile;
 use super::chunk_scan_bwd_dz::{dd_from_partials, dd_row, gate_row};
 use super::chunk_scan_chunk_state_bwd_dx::{dx_head, DxArgs};
 use super::chunk_state_bwd_db::db_head;
-use super::micro::{fma_rows, for_tiles, TileOp};
 use super::pack::{
     decay_matrix, exclusive_prefix, group_tiles, local_geom, nnp, pack_rows, prefetch_rows,
     slab_to_pn_padded, transpose_packed, unpack_rows, Cum, Scratch,
@@ -38,6 +37,7 @@ use crate::forward::state_passing::state_passing_core;
 use crate::forward::{ensure, flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, load_partial, prefetch_range, store, store_partial, V, W};
+use crate::tile::{fma_rows, for_tiles, TileOp};
 use crate::validate::{finite, validate};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
