@@ -21,8 +21,8 @@ use crate::array::{
 use crate::device::{opt_arg, Arg, Gpu, NT};
 use crate::forward::{check_d_shape, check_seq, i, tiles};
 use ndarray::{Ix1, Ix2, Ix3, Ix4, Ix5, IxDyn};
-use ssd_reference::chunking::check_bhcq;
-use ssd_reference::validate::{check_dt_limit, check_groups, check_shape};
+use ssd_reference::chunking::{check_bhcq, check_cumsum_args};
+use ssd_reference::validate::{check_groups, check_shape};
 use ssd_reference::{Options, SsdError};
 
 /// Rows per partial of `chunk_scan_bwd_dz`'s dD and of the row-sum tree.
@@ -686,16 +686,13 @@ impl Gpu {
         options: &Options,
     ) -> Result<(DeviceArray3, DeviceArray1, Option<DeviceArray1>), SsdError> {
         let (nb, l, nh) = dt_blh.dim();
-        check_shape("A", &[nh], a_h.shape())?;
-        if let Some(bias) = dt_bias_h {
-            check_shape("dt_bias", &[nh], bias.shape())?;
-        }
-        if options.chunk_size == 0 {
-            return Err(SsdError::ZeroChunkSize);
-        }
-        check_dt_limit(options.dt_limit)?;
-        let q = options.chunk_size;
-        let nc = l.div_ceil(q);
+        let (nc, q) = check_cumsum_args(
+            nh,
+            l,
+            a_h.shape(),
+            dt_bias_h.as_ref().map(|v| v.shape()),
+            options,
+        )?;
         check_shape("ddA", &[nb, nh, nc, q], dda_bhcq.shape())?;
         check_shape("ddt_direct", &[nb, nh, nc, q], ddt_direct_bhcq.shape())?;
         let ddt = self.alloc_out(Ix3(nb, l, nh))?;

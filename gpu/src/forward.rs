@@ -16,8 +16,8 @@ use crate::array::{
     DeviceArray1, DeviceArray2, DeviceArray3, DeviceArray4, DeviceArray5, DeviceArrayD,
 };
 use crate::device::{opt_arg, Arg, Gpu, NT};
-use ssd_reference::chunking::check_bhcq;
-use ssd_reference::validate::{check_dt_limit, check_groups, check_shape};
+use ssd_reference::chunking::{check_bhcq, check_cumsum_args};
+use ssd_reference::validate::{check_groups, check_shape};
 use ssd_reference::{Options, SsdError};
 
 pub(crate) fn tiles(n: usize) -> u64 {
@@ -82,16 +82,13 @@ impl Gpu {
         want_lo: bool,
     ) -> Result<(DeviceArray4, DeviceArray4, Option<DeviceArray4>), SsdError> {
         let (nb, l, nh) = dt_blh.dim();
-        check_shape("A", &[nh], a_h.shape())?;
-        if let Some(bias) = dt_bias_h {
-            check_shape("dt_bias", &[nh], bias.shape())?;
-        }
-        if options.chunk_size == 0 {
-            return Err(SsdError::ZeroChunkSize);
-        }
-        check_dt_limit(options.dt_limit)?;
-        let q = options.chunk_size;
-        let nc = l.div_ceil(q);
+        let (nc, q) = check_cumsum_args(
+            nh,
+            l,
+            a_h.shape(),
+            dt_bias_h.as_ref().map(|v| v.shape()),
+            options,
+        )?;
         let dt_bhcq = self.alloc_out(ndarray::Ix4(nb, nh, nc, q))?;
         let dacs_bhcq = self.alloc_out(ndarray::Ix4(nb, nh, nc, q))?;
         let lo = if want_lo {

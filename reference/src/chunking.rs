@@ -43,6 +43,28 @@ pub fn prev_chunk_end_id(
     }
 }
 
+/// The argument checks of `chunk_cumsum` and `chunk_cumsum_bwd` (every backend), in order: `A`
+/// is (h), `dt_bias` (h), the chunk size is nonzero, `dt_limit` is valid. Returns `(nc, q)` for
+/// a sequence of `l` tokens.
+pub fn check_cumsum_args(
+    nh: usize,
+    l: usize,
+    a_shape: &[usize],
+    dt_bias_shape: Option<&[usize]>,
+    options: &crate::Options,
+) -> Result<(usize, usize), crate::SsdError> {
+    crate::validate::check_shape("A", &[nh], a_shape)?;
+    if let Some(bias) = dt_bias_shape {
+        crate::validate::check_shape("dt_bias", &[nh], bias)?;
+    }
+    if options.chunk_size == 0 {
+        return Err(crate::SsdError::ZeroChunkSize);
+    }
+    crate::validate::check_dt_limit(options.dt_limit)?;
+    let q = options.chunk_size;
+    Ok((l.div_ceil(q), q))
+}
+
 /// Reads `(nc, q)` off a (b, h, c, Q) tensor and checks it against `(b, h, l)`.
 pub fn check_bhcq(
     tensor: &'static str,

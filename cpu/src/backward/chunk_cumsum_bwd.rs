@@ -13,8 +13,8 @@ use crate::forward::{flat, Geom};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::SsdError;
 use ndarray::{Array1, Array3, ArrayView1, ArrayView3, ArrayView4};
-use ssd_reference::chunking::check_bhcq;
-use ssd_reference::validate::{check_dt_limit, check_shape};
+use ssd_reference::chunking::{check_bhcq, check_cumsum_args};
+use ssd_reference::validate::check_shape;
 use ssd_reference::Options;
 
 /// `(Δ, ∂Δ/∂u)` of `u = dt + bias`: `ssd_reference::process_dt` and `process_dt_grad` in one.
@@ -107,16 +107,13 @@ pub fn chunk_cumsum_bwd(
     par: Par,
 ) -> Result<(Array3<f32>, Array1<f32>, Option<Array1<f32>>), SsdError> {
     let (nb, l, nh) = dt_blh.dim();
-    check_shape("A", &[nh], a_h.shape())?;
-    if let Some(bias) = &dt_bias_h {
-        check_shape("dt_bias", &[nh], bias.shape())?;
-    }
-    if options.chunk_size == 0 {
-        return Err(SsdError::ZeroChunkSize);
-    }
-    check_dt_limit(options.dt_limit)?;
-    let q = options.chunk_size;
-    let nc = l.div_ceil(q);
+    let (nc, q) = check_cumsum_args(
+        nh,
+        l,
+        a_h.shape(),
+        dt_bias_h.as_ref().map(|v| v.shape()),
+        options,
+    )?;
     check_shape("ddA", &[nb, nh, nc, q], dda_bhcq.shape())?;
     check_bhcq("ddt", ddt_direct_bhcq.shape(), nb, nh, l)?;
     check_shape("ddt", &[nb, nh, nc, q], ddt_direct_bhcq.shape())?;

@@ -14,7 +14,7 @@ use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::process_dt;
 use crate::SsdError;
 use ndarray::{Array4, ArrayView1, ArrayView3};
-use ssd_reference::validate::{check_dt_limit, check_shape};
+use ssd_reference::chunking::check_cumsum_args;
 use ssd_reference::Options;
 
 /// Fills `dt_out`, `hi`, `lo` (each (b, h, c, Q)) from `dt` (b, l, h).
@@ -81,14 +81,13 @@ pub fn chunk_cumsum(
     par: Par,
 ) -> Result<(Array4<f32>, Array4<f32>), SsdError> {
     let (nb, l, nh) = dt_blh.dim();
-    check_shape("A", &[nh], a_h.shape())?;
-    if let Some(bias) = &dt_bias_h {
-        check_shape("dt_bias", &[nh], bias.shape())?;
-    }
-    if options.chunk_size == 0 {
-        return Err(SsdError::ZeroChunkSize);
-    }
-    check_dt_limit(options.dt_limit)?;
+    check_cumsum_args(
+        nh,
+        l,
+        a_h.shape(),
+        dt_bias_h.as_ref().map(|v| v.shape()),
+        options,
+    )?;
     let g = Geom::new(
         ssd_reference::Dims {
             batch: nb,

@@ -6,7 +6,8 @@
 //! `dA_h = Σ ddA · Δ`, `ddt_bias_h = Σ_{b, l} ddt`. Padded positions are ignored.
 
 use crate::chunking::check_bhcq;
-use crate::validate::{check_dt_limit, check_shape};
+use crate::chunking::check_cumsum_args;
+use crate::validate::check_shape;
 use crate::{process_dt, process_dt_grad, Options, SsdError};
 use ndarray::{Array1, Array3, ArrayView1, ArrayView3, ArrayView4};
 
@@ -20,16 +21,13 @@ pub fn chunk_cumsum_bwd(
     options: &Options,
 ) -> Result<(Array3<f64>, Array1<f64>, Option<Array1<f64>>), SsdError> {
     let (nb, l, nh) = dt_blh.dim();
-    check_shape("A", &[nh], a_h.shape())?;
-    if let Some(bias) = &dt_bias_h {
-        check_shape("dt_bias", &[nh], bias.shape())?;
-    }
-    if options.chunk_size == 0 {
-        return Err(SsdError::ZeroChunkSize);
-    }
-    check_dt_limit(options.dt_limit)?;
-    let q = options.chunk_size;
-    let nc = l.div_ceil(q);
+    let (nc, q) = check_cumsum_args(
+        nh,
+        l,
+        a_h.shape(),
+        dt_bias_h.as_ref().map(|v| v.shape()),
+        options,
+    )?;
     check_shape("ddA", &[nb, nh, nc, q], dda_bhcq.shape())?;
     check_bhcq("ddt", ddt_direct_bhcq.shape(), nb, nh, l)?;
     check_shape("ddt", &[nb, nh, nc, q], ddt_direct_bhcq.shape())?;

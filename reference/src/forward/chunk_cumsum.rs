@@ -3,7 +3,7 @@
 //! `Δ_t = clamp(softplus?(dt_t + dt_bias))`, `a_l = Σ_{k ≤ l, k in chunk} Δ_k A_h`.
 //! Outputs `dt_bhcq` and `dacs_bhcq`, both (b, h, c, Q), zero-padded (Δ = 0) past l.
 
-use crate::validate::{check_dt_limit, check_shape};
+use crate::chunking::check_cumsum_args;
 use crate::{process_dt, Options, SsdError};
 use ndarray::{Array4, ArrayView1, ArrayView3};
 
@@ -15,16 +15,13 @@ pub fn chunk_cumsum(
     options: &Options,
 ) -> Result<(Array4<f64>, Array4<f64>), SsdError> {
     let (nb, l, nh) = dt_blh.dim();
-    check_shape("A", &[nh], a_h.shape())?;
-    if let Some(bias) = &dt_bias_h {
-        check_shape("dt_bias", &[nh], bias.shape())?;
-    }
-    if options.chunk_size == 0 {
-        return Err(SsdError::ZeroChunkSize);
-    }
-    check_dt_limit(options.dt_limit)?;
-    let q = options.chunk_size;
-    let nc = l.div_ceil(q);
+    let (nc, q) = check_cumsum_args(
+        nh,
+        l,
+        a_h.shape(),
+        dt_bias_h.as_ref().map(|v| v.shape()),
+        options,
+    )?;
     let mut dt_bhcq = Array4::<f64>::zeros((nb, nh, nc, q));
     let mut dacs_bhcq = Array4::<f64>::zeros((nb, nh, nc, q));
     for b in 0..nb {
