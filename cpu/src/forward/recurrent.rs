@@ -183,6 +183,14 @@ pub(crate) fn recurrent_core(
         let mut t0 = 0;
         while t0 < g.l {
             let len = TB.min(g.l - t0);
+            // changes of seq_idx: the same tokens for every head of the tile
+            let mut restart = [false; TB];
+            if seq.ids.is_some() {
+                for (k, r) in restart[..len].iter_mut().enumerate() {
+                    let t = t0 + k;
+                    *r = t > 0 && seq.id(b, t) != seq.id(b, t - 1);
+                }
+            }
             let mut packed_group = usize::MAX;
             for j in 0..hn {
                 let h = h0 + j;
@@ -211,7 +219,6 @@ pub(crate) fn recurrent_core(
                     }
                 }
                 let bias = bias.as_deref().map_or(0.0, |v| v[h]);
-                let mut restart = [false; TB];
                 let mut dl = [0.0f32; TB];
                 for k in 0..len {
                     let t = t0 + k;
@@ -221,7 +228,6 @@ pub(crate) fn recurrent_core(
                         options.dt_softplus,
                         options.dt_limit,
                     );
-                    restart[k] = t > 0 && seq.ids.is_some() && seq.id(b, t) != seq.id(b, t - 1);
                     s.la[k] = delta * a[h] as f64;
                     dl[k] = delta as f32;
                 }
@@ -366,8 +372,9 @@ fn segments(la: &[f64], restart: &[bool], pk: &mut [f32], segs: &mut Vec<Segment
         } else {
             cum += la[k];
         }
-        pk[k] = cum.exp() as f32;
-        inv[k] = (-cum).exp() as f32;
+        let p = cum.exp();
+        pk[k] = p as f32;
+        inv[k] = (1.0 / p) as f32;
     }
     segs.push(Segment {
         start: la.len(),
