@@ -5,7 +5,7 @@
 //! stride) or given by rows ([`fma_rows`]). Shared by the forward and the backward kernels. Accumulators live in locals for the whole k-loop. The k-loop runs in one fixed order, so the result never depends
 //! on how tiles are spread over threads.
 
-use crate::simd::{V, W};
+use crate::simd::{store, V, W};
 
 /// Rows of the main tile.
 pub(crate) const MR: usize = 6;
@@ -121,4 +121,59 @@ fn cols<T: TileOp, const R: usize>(op: &mut T, r0: usize, nvec: usize) {
     if v0 < nvec {
         op.tile::<R, 1>(r0, v0);
     }
+}
+
+/// `out[r·ldb + j] = Σ_{kk<k} a[kk·ks + r] · b[kk·ldb + j]` for `r < rows`, `j < 8·nvec`: a
+/// column-major `A` (stride `ks`) times a row-major `B` (k × 8·nvec, stride `ldb`) written into
+/// `out` (rows × 8·nvec, stride `ldb`) — the chunk's state `Bᵀ diag(w) X` and, in the backward,
+/// `Cᵀ diag(e) dY`.
+pub(crate) fn product_cols_into(
+    a: &[f32],
+    ks: usize,
+    b: &[f32],
+    ldb: usize,
+    k: usize,
+    out: &mut [f32],
+    rows: usize,
+    nvec: usize,
+) {
+    struct Op<'a> {
+        a: &'a [f32],
+        ks: usize,
+        b: &'a [f32],
+        ldb: usize,
+        k: usize,
+        out: &'a mut [f32],
+    }
+    impl TileOp for Op<'_> {
+        #[inline(always)]
+        fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize) {
+            let mut acc = [[V::ZERO; NV]; R];
+            fma_cols(
+                &mut acc,
+                &self.a[r0..],
+                self.ks,
+                &self.b[v0 * W..],
+                self.ldb,
+                self.k,
+            );
+            for r in 0..R {
+                for v in 0..NV {
+                    store(
+                        &mut self.out[(r0 + r) * self.ldb + (v0 + v) * W..],
+                        acc[r][v],
+                    );
+                }
+            }
+        }
+    }
+    let mut op = Op {
+        a,
+        ks,
+        b,
+        ldb,
+        k,
+        out,
+    };
+    for_tiles(&mut op, rows, nvec);
 }

@@ -12,44 +12,12 @@ use super::pack::{local_geom, pack_rows, Cum, Scratch};
 use crate::forward::chunk_state::slabs_to_pn;
 use crate::forward::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
-use crate::simd::{store, V, W};
-use crate::tile::{fma_cols, for_tiles, TileOp};
+use crate::simd::W;
+use crate::tile::product_cols_into;
 use crate::SsdError;
 use ndarray::{Array5, ArrayView2, ArrayView4};
 use ssd_reference::chunking::check_bhcq;
 use ssd_reference::validate::{check_groups, check_shape};
-
-struct DpOp<'a> {
-    cm: &'a [f32],
-    ks: usize,
-    dye: &'a [f32],
-    pp: usize,
-    len: usize,
-    slab: &'a mut [f32],
-}
-
-impl TileOp for DpOp<'_> {
-    #[inline(always)]
-    fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize) {
-        let mut acc = [[V::ZERO; NV]; R];
-        fma_cols(
-            &mut acc,
-            &self.cm[r0..],
-            self.ks,
-            &self.dye[v0 * W..],
-            self.pp,
-            self.len,
-        );
-        for r in 0..R {
-            for v in 0..NV {
-                store(
-                    &mut self.slab[(r0 + r) * self.pp + (v0 + v) * W..],
-                    acc[r][v],
-                );
-            }
-        }
-    }
-}
 
 /// The (n, pp) slab `dPᵀ = Cᵀ dYe` of one (b, c, h) from `dye` (len × pp, rows already scaled by
 /// `e_prev`); `any` false means every `e_prev` is 0 (the slab is 0).
@@ -68,15 +36,16 @@ pub(crate) fn dstates_tile(
         slab.fill(0.0);
         return;
     }
-    let mut op = DpOp {
-        cm: &cm[g.bc_at(b, t0, hg)..],
-        ks: g.ng * g.nn,
+    product_cols_into(
+        &cm[g.bc_at(b, t0, hg)..],
+        g.ng * g.nn,
         dye,
-        pp: g.pp,
+        g.pp,
         len,
         slab,
-    };
-    for_tiles(&mut op, g.nn, g.pp / W);
+        g.nn,
+        g.pp / W,
+    );
 }
 
 /// Returns `dprev_states_bchpn`, (b, c, h, p, n).

@@ -9,7 +9,7 @@
 use super::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load_partial, store, V, W};
-use crate::tile::{fma_cols, for_tiles, TileOp};
+use crate::tile::product_cols_into;
 use crate::SsdError;
 use ndarray::{Array5, ArrayView2, ArrayView4};
 use ssd_reference::chunking::check_bhcq;
@@ -72,47 +72,16 @@ fn state_tile(
         }
     }
     let hg = h / g.hpg();
-    let mut op = StateOp {
-        bmat: &a.b[g.bc_at(b, t0, hg)..],
-        ks: g.ng * g.nn,
-        xw: &xw[..len * g.pp],
-        pp: g.pp,
-        k: len,
+    product_cols_into(
+        &a.b[g.bc_at(b, t0, hg)..],
+        g.ng * g.nn,
+        &xw[..len * g.pp],
+        g.pp,
+        len,
         slab,
-    };
-    for_tiles(&mut op, g.nn, g.pp / W);
-}
-
-struct StateOp<'a> {
-    bmat: &'a [f32],
-    ks: usize,
-    xw: &'a [f32],
-    pp: usize,
-    k: usize,
-    slab: &'a mut [f32],
-}
-
-impl TileOp for StateOp<'_> {
-    #[inline(always)]
-    fn tile<const R: usize, const NV: usize>(&mut self, r0: usize, v0: usize) {
-        let mut acc = [[V::ZERO; NV]; R];
-        fma_cols(
-            &mut acc,
-            &self.bmat[r0..],
-            self.ks,
-            &self.xw[v0 * W..],
-            self.pp,
-            self.k,
-        );
-        for r in 0..R {
-            for v in 0..NV {
-                store(
-                    &mut self.slab[(r0 + r) * self.pp + (v0 + v) * W..],
-                    acc[r][v],
-                );
-            }
-        }
-    }
+        g.nn,
+        g.pp / W,
+    );
 }
 
 /// Transposes internal (n, pp) slabs into (p, n) blocks.

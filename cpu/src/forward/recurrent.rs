@@ -295,7 +295,6 @@ pub(crate) fn recurrent_core(
 
 /// Packs `B` and `C` of group `gg`, tokens `t0..t0 + len`: column block `j`, token `k` →
 /// `bc[(j·len + k)·2KN ..]`, `KN` values of `B` then `KN` of `C`, zero past `n`.
-#[allow(clippy::too_many_arguments)]
 fn pack_bc(
     bc: &mut [f32],
     bm: &[f32],
