@@ -2,10 +2,10 @@
 //! kernel of [`Kernel::ALL`] and the combined op, inputs rounded to f32, results widened to f64.
 
 use super::reference::t;
-use super::{Backend, KernelInputs, Precision, Tensors};
-use ndarray::{Array, Array4, Dimension};
+use super::{f32s, f64s, Backend, DecodeF32, KernelInputs, Precision, Tensors};
+use ndarray::Array4;
 use ssd_cpu::Par;
-use ssd_reference::{DecodeInputs, Gradients, Kernel, Outputs, Problem, SsdError};
+use ssd_reference::{Gradients, Kernel, Outputs, Problem, SsdError};
 
 /// The CPU backend.
 #[derive(Debug, Clone, Copy)]
@@ -24,14 +24,6 @@ impl Default for Cpu {
     fn default() -> Self {
         Cpu::new()
     }
-}
-
-fn f32s<D: Dimension>(a: &Array<f64, D>) -> Array<f32, D> {
-    a.mapv(|v| v as f32)
-}
-
-fn f64s<D: Dimension>(a: Array<f32, D>) -> Array<f64, D> {
-    a.mapv(f64::from)
 }
 
 impl Backend for Cpu {
@@ -117,29 +109,8 @@ impl Backend for Cpu {
             }
             Kernel::SelectiveStateUpdate => {
                 let dc = &i.decode;
-                let (x3, dt2, a1, b3, c3) = (
-                    f32s(&dc.x),
-                    f32s(&dc.dt),
-                    f32s(&dc.a),
-                    f32s(&dc.b),
-                    f32s(&dc.c),
-                );
-                let (d32, z32, bias32) = (
-                    dc.d.as_ref().map(f32s),
-                    dc.z.as_ref().map(f32s),
-                    dc.dt_bias.as_ref().map(f32s),
-                );
-                let inputs = DecodeInputs {
-                    x: x3.view(),
-                    dt: dt2.view(),
-                    a: a1.view(),
-                    b: b3.view(),
-                    c: c3.view(),
-                    d: d32.as_ref().map(|v| v.view()),
-                    z: z32.as_ref().map(|v| v.view()),
-                    dt_bias: bias32.as_ref().map(|v| v.view()),
-                    state_batch_indices: dc.state_batch_indices.as_ref().map(|v| v.view()),
-                };
+                let d32 = DecodeF32::new(dc);
+                let inputs = d32.inputs(dc);
                 let mut state = f32s(&dc.state);
                 let out =
                     ssd_cpu::selective_state_update(state.view_mut(), &inputs, &dc.options, par)?;

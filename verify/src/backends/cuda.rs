@@ -2,10 +2,10 @@
 //! device, with inputs rounded to f32 on upload and results widened to f64 on download.
 
 use super::reference::t;
-use super::{Backend, KernelInputs, Precision, Tensors};
+use super::{f32s, f64s, Backend, DecodeF32, KernelInputs, Precision, Tensors};
 use ndarray::{Array, Array4, Dimension};
 use ssd_gpu::{DeviceArray, DeviceDecodeInputs, Gpu};
-use ssd_reference::{DecodeInputs, Gradients, Kernel, Outputs, Problem, SsdError};
+use ssd_reference::{Gradients, Kernel, Outputs, Problem, SsdError};
 
 /// The CUDA backend on device 0.
 #[derive(Debug, Clone)]
@@ -24,14 +24,6 @@ impl Cuda {
     pub fn device_name(&self) -> &str {
         self.gpu.name()
     }
-}
-
-fn f32s<D: Dimension>(a: &Array<f64, D>) -> Array<f32, D> {
-    a.mapv(|v| v as f32)
-}
-
-fn f64s<D: Dimension>(a: Array<f32, D>) -> Array<f64, D> {
-    a.mapv(f64::from)
 }
 
 impl Cuda {
@@ -113,29 +105,8 @@ impl Backend for Cuda {
             }
             Kernel::SelectiveStateUpdate => {
                 let dc = &i.decode;
-                let (x3, dt2, a1, b3, c3) = (
-                    f32s(&dc.x),
-                    f32s(&dc.dt),
-                    f32s(&dc.a),
-                    f32s(&dc.b),
-                    f32s(&dc.c),
-                );
-                let (d32, z32, bias32) = (
-                    dc.d.as_ref().map(f32s),
-                    dc.z.as_ref().map(f32s),
-                    dc.dt_bias.as_ref().map(f32s),
-                );
-                let inputs = DecodeInputs {
-                    x: x3.view(),
-                    dt: dt2.view(),
-                    a: a1.view(),
-                    b: b3.view(),
-                    c: c3.view(),
-                    d: d32.as_ref().map(|v| v.view()),
-                    z: z32.as_ref().map(|v| v.view()),
-                    dt_bias: bias32.as_ref().map(|v| v.view()),
-                    state_batch_indices: dc.state_batch_indices.as_ref().map(|v| v.view()),
-                };
+                let d32 = DecodeF32::new(dc);
+                let inputs = d32.inputs(dc);
                 let dev = DeviceDecodeInputs::upload(g, &inputs, dc.state.shape(), &dc.options)?;
                 let mut state = self.up(&dc.state)?;
                 let out = g.selective_state_update(&mut state, &dev, &dc.options)?;

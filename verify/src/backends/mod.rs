@@ -79,6 +79,58 @@ impl DecodeCase {
     }
 }
 
+/// The values of a [`DecodeCase`] rounded to f32, owned, for the f32 backends.
+pub(crate) struct DecodeF32 {
+    x: Array3<f32>,
+    dt: Array2<f32>,
+    a: Array1<f32>,
+    b: Array3<f32>,
+    c: Array3<f32>,
+    d: Option<ArrayD<f32>>,
+    z: Option<Array3<f32>>,
+    dt_bias: Option<Array1<f32>>,
+}
+
+impl DecodeF32 {
+    pub(crate) fn new(dc: &DecodeCase) -> Self {
+        DecodeF32 {
+            x: f32s(&dc.x),
+            dt: f32s(&dc.dt),
+            a: f32s(&dc.a),
+            b: f32s(&dc.b),
+            c: f32s(&dc.c),
+            d: dc.d.as_ref().map(f32s),
+            z: dc.z.as_ref().map(f32s),
+            dt_bias: dc.dt_bias.as_ref().map(f32s),
+        }
+    }
+
+    /// The step's inputs (`state_batch_indices` borrowed from `dc`).
+    pub(crate) fn inputs<'a>(&'a self, dc: &'a DecodeCase) -> DecodeInputs<'a, f32> {
+        DecodeInputs {
+            x: self.x.view(),
+            dt: self.dt.view(),
+            a: self.a.view(),
+            b: self.b.view(),
+            c: self.c.view(),
+            d: self.d.as_ref().map(|v| v.view()),
+            z: self.z.as_ref().map(|v| v.view()),
+            dt_bias: self.dt_bias.as_ref().map(|v| v.view()),
+            state_batch_indices: dc.state_batch_indices.as_ref().map(|v| v.view()),
+        }
+    }
+}
+
+/// `a` rounded to f32.
+pub(crate) fn f32s<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> ndarray::Array<f32, D> {
+    a.mapv(|v| v as f32)
+}
+
+/// `a` widened to f64.
+pub(crate) fn f64s<D: ndarray::Dimension>(a: ndarray::Array<f32, D>) -> ndarray::Array<f64, D> {
+    a.mapv(f64::from)
+}
+
 /// A gated RMSNorm problem (rows, d).
 #[derive(Debug, Clone)]
 pub struct NormCase {
