@@ -124,10 +124,10 @@ __device__ float block_inclusive_scan(float v, float* red, float& total) {
     return v;
 }
 
-// Double-buffered operand tiles of `gemm_loop`.
-template <int TM, int TN>
+// Double-buffered operand tiles of `gemm_loop` (NTH threads: NTH/16 rows of TM, 16 columns of TN).
+template <int TM, int TN, int NTH = NT>
 struct __align__(16) GemmSmem {
-    float a[2][BKK][16 * TM + 4];
+    float a[2][BKK][NTH / 16 * TM + 4];
     float b[2][BKK][16 * TN + 4];
 };
 
@@ -136,6 +136,20 @@ __device__ __forceinline__ float4 f4(float a, float b, float c, float d) {
     v.x = a; v.y = b; v.z = c; v.w = d;
     return v;
 }
+
+// A compile-time flag passed to generic lambdas (a kernel body instantiated twice: a general
+// form and a fast form for whole, aligned tiles without masks).
+template <bool V>
+struct BoolC {
+    static constexpr bool value = V;
+};
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
+}
+
+// 16 bytes at p (aligned, in bounds: the caller's fast path has checked).
+__device__ __forceinline__ float4 ld4_fast(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
 __device__ __forceinline__ float4 f4_zero() { return f4(0.0f, 0.0f, 0.0f, 0.0f); }
 
@@ -153,8 +167,17 @@ __device__ __forceinline__ float4 ld4(const float* row, i64 i0, i64 n) {
               i0 + 3 < n ? p[3] : 0.0f);
 }
 
-// acc[i][j] += Σ_{k in [kbeg, kend)} A[m_i, k] · B[k, n_j] for the thread's rows
-// m_i = (tid/16)·TM + i and columns n_j = (tid%16)·TN + j of a (16·TM × 16·TN) tile.
+// The thread's rows and columns of a ((NTH/16)·TM × 16·TN) tile: rows m_i = ty·TM + i (contiguous:
+// a warp reads only two row addresses per step, broadcast), columns n_j = 64·(j/4) + tx·4 + j%4
+// (in groups of 4 strided by 64, so a half warp's 16-byte reads of one group are consecutive and
+// free of bank conflicts however wide TN is). ty = tid/16, tx = tid%16.
+__device__ __forceinline__ int tile_row(int tm, int i) { return (threadIdx.x >> 4) * tm + i; }
+__device__ __forceinline__ int tile_col(int j) { return (j >> 2) * 64 + (threadIdx.x & 15) * 4 + (j & 3); }
+
+// acc[i][j] += Σ_{k in [kbeg, kend)} A[m_i, k] · B[k, n_j] for the thread's rows m_i and
+// columns n_j (tile_row, tile_col). Steps whose first k exceeds `kcap` skip the thread's FMAs
+// (causal tiles: pass the largest k the thread's rows need; the loaders must still give zeros
+// past each row's own limit).
 // Loaders give 4 consecutive elements along the operand's contiguous axis:
 //   la(m, k): A[m, k..k+4) when A_KC (A contiguous along k), else A[m..m+4, k);
 //   lb(n, k): B[k..k+4, n) when B_KC, else B[k, n..n+4);
@@ -162,24 +185,25 @@ __device__ __forceinline__ float4 ld4(const float* row, i64 i0, i64 n) {
 // 16-byte pieces of memory. Pipelined: the next step's global loads are issued into registers
 // before the current step's FMAs, and the shared tiles are double-buffered (one barrier per
 // step). `kbeg` must be a multiple of 4.
-template <int TM, int TN, bool A_KC, bool B_KC, class LA, class LB>
-__device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN>& sm, i64 kbeg,
-                                          i64 kend, const LA& la, const LB& lb) {
-    constexpr int BM = 16 * TM, BN = 16 * TN;
-    constexpr int NA = BM * BKK / 4 / NT, NB = BN * BKK / 4 / NT;  // float4 per thread
+template <int TM, int TN, bool A_KC, bool B_KC, int NTH = NT, class LA, class LB>
+__device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN, NTH>& sm, i64 kbeg,
+                                          i64 kend, const LA& la, const LB& lb,
+                                          i64 kcap = 0x7fffffffffffffffll) {
+    constexpr int BM = NTH / 16 * TM, BN = 16 * TN;
+    constexpr int NA = BM * BKK / 4 / NTH, NB = BN * BKK / 4 / NTH;  // float4 per thread
     const int tid = threadIdx.x;
     const int ty = tid >> 4, tx = tid & 15;
     float4 ra[NA], rb[NB];
     auto load = [&](i64 k0) {
 #pragma unroll
         for (int r = 0; r < NA; ++r) {
-            const int f = tid + r * NT;
+            const int f = tid + r * NTH;
             if (A_KC) ra[r] = la(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
             else ra[r] = la((f % (BM / 4)) * 4, k0 + f / (BM / 4));
         }
 #pragma unroll
         for (int r = 0; r < NB; ++r) {
-            const int f = tid + r * NT;
+            const int f = tid + r * NTH;
             if (B_KC) rb[r] = lb(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
             else rb[r] = lb((f % (BN / 4)) * 4, k0 + f / (BN / 4));
         }
@@ -189,7 +213,7 @@ __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN>
     for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
 #pragma unroll
         for (int r = 0; r < NA; ++r) {
-            const int f = tid + r * NT;
+            const int f = tid + r * NTH;
             if (A_KC) {
                 const int m = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
                 sm.a[buf][k][m] = ra[r].x;
@@ -202,7 +226,7 @@ __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN>
         }
 #pragma unroll
         for (int r = 0; r < NB; ++r) {
-            const int f = tid + r * NT;
+            const int f = tid + r * NTH;
             if (B_KC) {
                 const int n = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
                 sm.b[buf][k][n] = rb[r].x;
@@ -215,23 +239,25 @@ __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN>
         }
         __syncthreads();
         if (k0 + BKK < kend) load(k0 + BKK);
+        if (k0 <= kcap) {
 #pragma unroll
-        for (int kk = 0; kk < BKK; ++kk) {
-            float av[TM], bv[TN];
+            for (int kk = 0; kk < BKK; ++kk) {
+                float av[TM], bv[TN];
 #pragma unroll
-            for (int i = 0; i < TM; i += 4) {
-                float4 v = *reinterpret_cast<const float4*>(&sm.a[buf][kk][ty * TM + i]);
-                av[i] = v.x; av[i + 1] = v.y; av[i + 2] = v.z; av[i + 3] = v.w;
+                for (int i = 0; i < TM; i += 4) {
+                    float4 v = *reinterpret_cast<const float4*>(&sm.a[buf][kk][ty * TM + i]);
+                    av[i] = v.x; av[i + 1] = v.y; av[i + 2] = v.z; av[i + 3] = v.w;
+                }
+#pragma unroll
+                for (int j = 0; j < TN; j += 4) {
+                    float4 v = *reinterpret_cast<const float4*>(&sm.b[buf][kk][j * 16 + tx * 4]);
+                    bv[j] = v.x; bv[j + 1] = v.y; bv[j + 2] = v.z; bv[j + 3] = v.w;
+                }
+#pragma unroll
+                for (int i = 0; i < TM; ++i)
+#pragma unroll
+                    for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
             }
-#pragma unroll
-            for (int j = 0; j < TN; j += 4) {
-                float4 v = *reinterpret_cast<const float4*>(&sm.b[buf][kk][tx * TN + j]);
-                bv[j] = v.x; bv[j + 1] = v.y; bv[j + 2] = v.z; bv[j + 3] = v.w;
-            }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
         }
         buf ^= 1;
     }

@@ -39,13 +39,17 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_kernel(
 //   out[p, n] = Σ_s w_s · X[s, p] · Y[s, n]
 // mode 0: X = x, Y = B, w_s = [id_s = id_last] exp(a_last − a_s) Δ_s   → S_c
 // mode 1: X = dy, Y = C, w_s = [id_s = id_prev] exp(a_s)                 → dP_c
-// Tile 64 (p) × 64 (n), K = the chunk's tokens.
-extern "C" __global__ void __launch_bounds__(NT, 2) chunk_state_kernel(
+// Tile 64 (p) × 128 (n), 128 threads of 8 × 8, K = the chunk's tokens. Whole chunks without
+// seq_idx whose tiles are whole and 16-byte aligned take a fast form of the loaders (no masks,
+// no bounds, one 16-byte load each).
+#define CS_NTH 128
+extern "C" __global__ void __launch_bounds__(CS_NTH, 3) chunk_state_kernel(
     int mode, const float* __restrict__ Y, const float* __restrict__ X, const float* __restrict__ dt,
     const float* __restrict__ dacs, const float* __restrict__ dlo, const int* __restrict__ seq,
     float* __restrict__ out, i64 nb, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
-    __shared__ GemmSmem<4, 4> sm;
-    const i64 tn = (nn + 63) / 64, tp = (np + 63) / 64;
+    constexpr int TM = 8, TN = 8, NTH = CS_NTH, BM = NTH / 16 * TM, BN = 16 * TN;
+    __shared__ GemmSmem<TM, TN, NTH> sm;
+    const i64 tn = (nn + BN - 1) / BN, tp = (np + BM - 1) / BM;
     BlockIdx bi;
     const i64 nt = bi.next(tn), pt = bi.next(tp), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
     const i64 g = h / (nh / ng);
@@ -56,31 +60,40 @@ extern "C" __global__ void __launch_bounds__(NT, 2) chunk_state_kernel(
     const float* dac = dacs + ((b * nh + h) * nc + c) * q;
     const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
     const float a_last = dac[q - 1], lo_last = lo_at(dlc, q - 1);
-    const i64 p0 = pt * 64, n0 = nt * 64;
+    const i64 p0 = pt * BM, n0 = nt * BN;
     const float* Xb = X + ((b * l + c0) * nh + h) * np;
     const float* Yb = Y + ((b * l + c0) * ng + g) * nn;
-    float acc[4][4];
+    const bool fast = len == q && q % BKK == 0 && !seq && np % 4 == 0 && nn % 4 == 0 &&
+                      p0 + BM <= np && n0 + BN <= nn && aligned16(X) && aligned16(Y);
+    float acc[TM][TN];
     zero_acc(acc);
-    gemm_loop<4, 4, false, false>(
-        acc, sm, 0, len,
-        [&](int m, i64 s) -> float4 {  // X[s, p0 + m .. + 4) · w_s
-            if (s >= len || seq_at(seq, l, b, c0 + s) != ref_id) return f4_zero();
-            const float w = mode == 0 ? exp_seg(a_last, lo_last, dac[s], lo_at(dlc, s)) * dtc[s]
-                                      : exp_hl(dac[s], lo_at(dlc, s));
-            return f4_scale(ld4(Xb + s * nh * np, p0 + m, np), w);
-        },
-        [&](int n, i64 s) -> float4 {  // Y[s, n0 + n .. + 4)
-            return s < len ? ld4(Yb + s * ng * nn, n0 + n, nn) : f4_zero();
-        });
-    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+    auto run = [&](auto fast_form) {
+        constexpr bool F = decltype(fast_form)::value;
+        gemm_loop<TM, TN, false, false, NTH>(
+            acc, sm, 0, len,
+            [&](int m, i64 s) -> float4 {  // X[s, p0 + m .. + 4) · w_s
+                if (!F && (s >= len || seq_at(seq, l, b, c0 + s) != ref_id)) return f4_zero();
+                const float w = mode == 0 ? exp_seg(a_last, lo_last, dac[s], lo_at(dlc, s)) * dtc[s]
+                                          : exp_hl(dac[s], lo_at(dlc, s));
+                const float* row = Xb + s * nh * np;
+                return f4_scale(F ? ld4_fast(row + p0 + m) : ld4(row, p0 + m, np), w);
+            },
+            [&](int n, i64 s) -> float4 {  // Y[s, n0 + n .. + 4)
+                const float* row = Yb + s * ng * nn;
+                if (F) return ld4_fast(row + n0 + n);
+                return s < len ? ld4(row, n0 + n, nn) : f4_zero();
+            });
+    };
+    if (fast) run(BoolC<true>());
+    else run(BoolC<false>());
     float* ob = out + ((b * nc + c) * nh + h) * np * nn;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const i64 p = p0 + ty * 4 + i;
+    for (int i = 0; i < TM; ++i) {
+        const i64 p = p0 + tile_row(TM, i);
         if (p >= np) continue;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const i64 ni = n0 + tx * 4 + j;
+        for (int j = 0; j < TN; ++j) {
+            const i64 ni = n0 + tile_col(j);
             if (ni < nn) ob[p * nn + ni] = acc[i][j];
         }
     }
@@ -155,7 +168,8 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_kernel(
     }
 }
 
-// chunk_scan [_chunk_scan_fwd]: per (b, c, h), rows l of a 64-row tile, columns p of a 64 tile:
+// chunk_scan [_chunk_scan_fwd]: per (b, c, h), rows l of a 128-row tile, columns p of a 64 tile
+// (8 × 4 per thread):
 //   y_l = [id_l = id_prev] exp(a_l) C_l · P_c + Σ_{s≤l} CB[l, s] exp(a_l − a_s) Δ_s x_s + D x_l
 //   out = y ⊙ silu(z) when z (and y is stored as well).
 extern "C" __global__ void __launch_bounds__(NT, 2) chunk_scan_kernel(
@@ -165,21 +179,22 @@ extern "C" __global__ void __launch_bounds__(NT, 2) chunk_scan_kernel(
     const float* __restrict__ D, int d_per_channel, const float* __restrict__ z,
     const int* __restrict__ seq, float* __restrict__ out, float* __restrict__ y_out, i64 nb, i64 l,
     i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
-    __shared__ GemmSmem<4, 4> sm;
-    __shared__ float dl[64], dll[64], erow[64];
-    const i64 tl = (q + 63) / 64, tp = (np + 63) / 64;
+    constexpr int TM = 8, TN = 4, BM = 16 * TM, BN = 16 * TN;
+    __shared__ GemmSmem<TM, TN> sm;
+    __shared__ float dl[BM], dll[BM], erow[BM];
+    const i64 tl = (q + BM - 1) / BM, tp = (np + BN - 1) / BN;
     BlockIdx bi;
     const i64 pt = bi.next(tp), lt = bi.next(tl), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
     const i64 g = h / (nh / ng);
     const i64 c0 = c * q;
     const i64 len = min(q, l - c0);
-    const i64 l0 = lt * 64, p0 = pt * 64;
+    const i64 l0 = lt * BM, p0 = pt * BN;
     if (l0 >= len) return;  // padded rows produce no output
     const float* dtc = dt + ((b * nh + h) * nc + c) * q;
     const float* dac = dacs + ((b * nh + h) * nc + c) * q;
     const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
     const int pid = prev_end_id(seq, l, q, b, c);
-    if (threadIdx.x < 64) {
+    if (threadIdx.x < BM) {
         const i64 i = l0 + threadIdx.x;
         float a = 0.0f, al = 0.0f, e = 0.0f;
         if (i < len) {
@@ -196,45 +211,69 @@ extern "C" __global__ void __launch_bounds__(NT, 2) chunk_scan_kernel(
     const float* xb = x + ((b * l + c0) * nh + h) * np;
     const float* Cb = C + ((b * l + c0) * ng + g) * nn;
     const float* Pb = P + ((b * nc + c) * nh + h) * np * nn;
-    float acc[4][4];
+    const bool fast = len == q && q % 4 == 0 && l0 + BM <= q && !seq && np % 4 == 0 && nn % BKK == 0 &&
+                      p0 + BN <= np && aligned16(cb) && aligned16(x) && aligned16(C) &&
+                      aligned16(P) && aligned16(dt) && aligned16(dacs) && (!dlo || aligned16(dlo));
+    float acc[TM][TN];
     zero_acc(acc);
-    // Inter-chunk term: exp(a_l) C_l · P_c (K = n).
-    gemm_loop<4, 4, true, true>(
-        acc, sm, 0, nn,
-        [&](int m, i64 k) -> float4 {  // C[i, k .. + 4) · exp(a_i)
-            const i64 i = l0 + m;
-            return i < len ? f4_scale(ld4(Cb + i * ng * nn, k, nn), erow[m]) : f4_zero();
-        },
-        [&](int n, i64 k) -> float4 {  // P[p, k .. + 4)
-            const i64 p = p0 + n;
-            return p < np ? ld4(Pb + p * nn, k, nn) : f4_zero();
-        });
-    // Intra-chunk term (K = s ≤ l, causal).
-    gemm_loop<4, 4, true, false>(
-        acc, sm, 0, min(len, l0 + 64),
-        [&](int m, i64 s) -> float4 {  // CB[i, s .. + 4) exp(a_i − a_s) Δ_s, s ≤ i
-            const i64 i = l0 + m;
-            if (i >= len || s > i) return f4_zero();
-            float4 v = ld4(cbb + i * q, s, i + 1);
-            const float a = dl[m], al = dll[m];
-            v.x *= exp_seg(a, al, dac[s], lo_at(dlc, s)) * dtc[s];
-            if (s + 1 <= i) v.y *= exp_seg(a, al, dac[s + 1], lo_at(dlc, s + 1)) * dtc[s + 1];
-            if (s + 2 <= i) v.z *= exp_seg(a, al, dac[s + 2], lo_at(dlc, s + 2)) * dtc[s + 2];
-            if (s + 3 <= i) v.w *= exp_seg(a, al, dac[s + 3], lo_at(dlc, s + 3)) * dtc[s + 3];
-            return v;
-        },
-        [&](int n, i64 s) -> float4 {  // x[s, p .. + 4)
-            return s < len ? ld4(xb + s * nh * np, p0 + n, np) : f4_zero();
-        });
-    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+    auto run = [&](auto fast_form) {
+        constexpr bool F = decltype(fast_form)::value;
+        // Inter-chunk term: exp(a_l) C_l · P_c (K = n).
+        gemm_loop<TM, TN, true, true>(
+            acc, sm, 0, nn,
+            [&](int m, i64 k) -> float4 {  // C[i, k .. + 4) · exp(a_i)
+                const i64 i = l0 + m;
+                const float* row = Cb + i * ng * nn;
+                if (F) return f4_scale(ld4_fast(row + k), erow[m]);
+                return i < len ? f4_scale(ld4(row, k, nn), erow[m]) : f4_zero();
+            },
+            [&](int n, i64 k) -> float4 {  // P[p, k .. + 4)
+                const i64 p = p0 + n;
+                if (F) return ld4_fast(Pb + p * nn + k);
+                return p < np ? ld4(Pb + p * nn, k, nn) : f4_zero();
+            });
+        // Intra-chunk term (K = s ≤ l, causal: a thread's FMAs stop after its last row's s).
+        gemm_loop<TM, TN, true, false>(
+            acc, sm, 0, min(len, l0 + BM),
+            [&](int m, i64 s) -> float4 {  // CB[i, s .. + 4) exp(a_i − a_s) Δ_s, s ≤ i
+                const i64 i = l0 + m;
+                if ((!F && i >= len) || s > i) return f4_zero();
+                float4 v, da, dd, lo;
+                if (F) {
+                    v = ld4_fast(cbb + i * q + s);
+                    da = ld4_fast(dac + s);
+                    dd = ld4_fast(dtc + s);
+                    lo = dlc ? ld4_fast(dlc + s) : f4_zero();
+                } else {
+                    v = ld4(cbb + i * q, s, i + 1);
+                    da = ld4(dac, s, q);
+                    dd = ld4(dtc, s, q);
+                    lo = dlc ? ld4(dlc, s, q) : f4_zero();
+                }
+                const float a = dl[m], al = dll[m];
+                v.x *= exp_seg(a, al, da.x, lo.x) * dd.x;
+                v.y = s + 1 <= i ? v.y * (exp_seg(a, al, da.y, lo.y) * dd.y) : 0.0f;
+                v.z = s + 2 <= i ? v.z * (exp_seg(a, al, da.z, lo.z) * dd.z) : 0.0f;
+                v.w = s + 3 <= i ? v.w * (exp_seg(a, al, da.w, lo.w) * dd.w) : 0.0f;
+                return v;
+            },
+            [&](int n, i64 s) -> float4 {  // x[s, p .. + 4)
+                const float* row = xb + s * nh * np;
+                if (F) return ld4_fast(row + p0 + n);
+                return s < len ? ld4(row, p0 + n, np) : f4_zero();
+            },
+            l0 + tile_row(TM, TM - 1));
+    };
+    if (fast) run(BoolC<true>());
+    else run(BoolC<false>());
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const i64 ii = l0 + ty * 4 + i;
+    for (int i = 0; i < TM; ++i) {
+        const i64 ii = l0 + tile_row(TM, i);
         if (ii >= len) continue;
         const i64 rowo = ((b * l + c0 + ii) * nh + h) * np;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const i64 p = p0 + tx * 4 + j;
+        for (int j = 0; j < TN; ++j) {
+            const i64 p = p0 + tile_col(j);
             if (p >= np) continue;
             float yv = acc[i][j];
             if (D) yv += (d_per_channel ? D[h * np + p] : D[h]) * x[rowo + p];

@@ -611,6 +611,9 @@ fn compile_kernels(dev: &Device) -> Result<Kernels, SsdError> {
         options: vec![
             format!("--gpu-architecture=compute_{major}{minor}"),
             "--std=c++17".into(),
+            // Unannotated functions (the generic lambdas that instantiate a kernel body twice,
+            // as a general and a fast form) are device code; there is no host code here.
+            "--device-as-default-execution-space".into(),
         ],
         ..Default::default()
     };

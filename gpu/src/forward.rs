@@ -7,10 +7,10 @@
 //! | kernel | CUDA | work decomposition |
 //! |---|---|---|
 //! | `chunk_cumsum` | `chunk_cumsum_kernel` | block per (b, h, c), block-parallel scan |
-//! | `chunk_state` | `chunk_state_kernel` | 64 × 64 (p, n) tiles per (b, c, h), K = tokens |
+//! | `chunk_state` | `chunk_state_kernel` | 64 × 128 (p, n) tiles (128 threads) per (b, c, h), K = tokens |
 //! | `state_passing` | `state_passing_kernel` | thread per (b, h, p·n), sequential over chunks |
 //! | `bmm_chunk` | `bmm_chunk_kernel` | 64 × 64 (l, s) tiles per (b, c, g), K = n |
-//! | `chunk_scan` | `chunk_scan_kernel` | 64 × 64 (l, p) tiles per (b, c, h), K = n then s ≤ l |
+//! | `chunk_scan` | `chunk_scan_kernel` | 128 × 64 (l, p) tiles per (b, c, h), K = n then s ≤ l |
 
 use crate::array::{
     DeviceArray1, DeviceArray2, DeviceArray3, DeviceArray4, DeviceArray5, DeviceArrayD,
@@ -22,6 +22,14 @@ use ssd_reference::{Options, SsdError};
 
 pub(crate) fn tiles(n: usize) -> u64 {
     n.div_ceil(64) as u64
+}
+
+/// Threads per block of `chunk_state_kernel` (`CS_NTH` in forward.cu): 8 × 8 outputs each.
+const CHUNK_STATE_THREADS: u32 = 128;
+
+/// Number of 128-wide tiles covering `n` (the wide side of the 4 × 8 / 8 × 4 per-thread tiles).
+pub(crate) fn tiles128(n: usize) -> u64 {
+    n.div_ceil(128) as u64
 }
 
 pub(crate) fn i(v: usize) -> Arg<'static> {
@@ -163,8 +171,8 @@ impl Gpu {
         let (nb, l, nh, np) = x_blhp.dim();
         self.launch(
             "chunk_state_kernel",
-            tiles(nn) * tiles(np) * (nh * nc * nb) as u64,
-            NT,
+            tiles128(nn) * tiles(np) * (nh * nc * nb) as u64,
+            CHUNK_STATE_THREADS,
             &[
                 Arg::I32(mode),
                 y_blgn.arg(),
@@ -362,7 +370,7 @@ impl Gpu {
         };
         self.launch(
             "chunk_scan_kernel",
-            tiles(np) * tiles(q) * (nh * nc * nb) as u64,
+            tiles(np) * tiles128(q) * (nh * nc * nb) as u64,
             NT,
             &[
                 cb_bcgqq.arg(),
