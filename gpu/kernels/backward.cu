@@ -112,10 +112,15 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_reduce_kernel
     ddA_chunk[idx] = same ? (float)(e * (double)s) : 0.0f;
 }
 
-// chunk_scan_chunk_state_bwd_dx: per (b, c, h) and 64-row tile of tokens s, all p tiles in turn:
+// chunk_scan_chunk_state_bwd_dx: per (b, c, h) and 64-row tile of tokens s (4 × 4 per thread:
+// 8 × 4 spills at 128 registers and measured slower),
+// all p tiles in turn:
 //   bracket[s, p] = e_s Σ_n B[s, n] dS[p, n] + Σ_{l≥s} CB[l, s] exp(a_l − a_s) dy[l, p]
 //   (e_s = [id_s = id_last] exp(a_last − a_s)); dx = Δ_s bracket + D dy;
-//   ddt_direct_s = Σ_p bracket[s, p] x[s, p] (summed in fixed order over the p tiles).
+//   ddt_direct_s = Σ_p bracket[s, p] x[s, p] (per p tile: each lane's 4 columns, then the half
+//   warp's 16 lanes by shuffles; the p tiles' sums added in order in shared memory, so no dot
+//   stays in registers across the products, where registers are short).
+// Whole aligned tiles without seq_idx take the fast loader form (as chunk_scan_kernel).
 extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
     const float* __restrict__ dlo, const float* __restrict__ B, const float* __restrict__ cb,
@@ -123,27 +128,29 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
     const float* __restrict__ dS, const float* __restrict__ D, int d_per_channel,
     const int* __restrict__ seq, float* __restrict__ dx, float* __restrict__ ddt_direct, i64 nb,
     i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
-    __shared__ GemmSmem<4, 4> sm;
-    __shared__ float dsr[64], dsl[64], erow[64], dtr[64];
-    const i64 ts = (q + 63) / 64;
+    constexpr int TM = 4, TN = 4, BM = 16 * TM, BN = 16 * TN;
+    __shared__ GemmSmem<TM, TN> sm;
+    __shared__ float dsr[BM], dsl[BM], erow[BM], dtr[BM], rsum[BM];
+    const i64 ts = (q + BM - 1) / BM;
     BlockIdx bi;
     const i64 st = bi.next(ts), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
     const i64 g = h / (nh / ng);
     const i64 c0 = c * q;
     const i64 len = min(q, l - c0);
-    const i64 s0 = st * 64;
+    const i64 s0 = st * BM;
     const float* dtc = dt + ((b * nh + h) * nc + c) * q;
     const float* dac = dacs + ((b * nh + h) * nc + c) * q;
-    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+    const int tx = threadIdx.x & 15;
     if (s0 >= len) {
         // padded rows: ddt_direct is 0 there
-        if (threadIdx.x < 64 && s0 + threadIdx.x < q) ddt_direct[((b * nh + h) * nc + c) * q + s0 + threadIdx.x] = 0.0f;
+        if (threadIdx.x < BM && s0 + threadIdx.x < q)
+            ddt_direct[((b * nh + h) * nc + c) * q + s0 + threadIdx.x] = 0.0f;
         return;
     }
     const int lid = chunk_end_id(seq, l, q, b, c);
     const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
     const float a_last = dac[q - 1], lo_last = lo_at(dlc, q - 1);
-    if (threadIdx.x < 64) {
+    if (threadIdx.x < BM) {
         const i64 s = s0 + threadIdx.x;
         float a = 0.0f, al = 0.0f, e = 0.0f, d = 0.0f;
         if (s < len) {
@@ -156,6 +163,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
         dsl[threadIdx.x] = al;
         erow[threadIdx.x] = e;
         dtr[threadIdx.x] = d;
+        rsum[threadIdx.x] = 0.0f;
     }
     __syncthreads();
     const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
@@ -163,61 +171,78 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
     const float* dSb = dS + ((b * nc + c) * nh + h) * np * nn;
     const float* dyb = dy + ((b * l + c0) * nh + h) * np;
     const float* xb = x + ((b * l + c0) * nh + h) * np;
-    float rowdot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const i64 tp = (np + 63) / 64;
+    const bool fast = len == q && q % 4 == 0 && s0 + BM <= q && !seq && np % BN == 0 &&
+                      nn % BKK == 0 && aligned16(cb) && aligned16(B) && aligned16(dS) &&
+                      aligned16(dy);
+    const i64 tp = (np + BN - 1) / BN;
     // CB[l, s] is read for l ≥ s only (the combined op leaves the rest unwritten)
     for (i64 pt = 0; pt < tp; ++pt) {
-        const i64 p0 = pt * 64;
-        float acc[4][4];
+        const i64 p0 = pt * BN;
+        float acc[TM][TN];
         zero_acc(acc);
-        gemm_loop<4, 4, true, true>(
-            acc, sm, 0, nn,
-            [&](int m, i64 k) -> float4 {  // B[s, k .. + 4) e_s
-                const i64 s = s0 + m;
-                return s < len ? f4_scale(ld4(Bb + s * ng * nn, k, nn), erow[m]) : f4_zero();
-            },
-            [&](int n, i64 k) -> float4 {  // dS[p, k .. + 4)
-                const i64 p = p0 + n;
-                return p < np ? ld4(dSb + p * nn, k, nn) : f4_zero();
-            });
-        gemm_loop<4, 4, false, false>(
-            acc, sm, s0, len,
-            [&](int m, i64 li) -> float4 {  // CB[l, s .. + 4) exp(a_l − a_s), s ≤ l
-                const i64 s = s0 + m;
-                if (li >= len || s > li) return f4_zero();
-                float4 v = ld4(cbb + li * q, s, li + 1);
-                const float a = dac[li], al = lo_at(dlc, li);
-                v.x *= exp_seg(a, al, dsr[m], dsl[m]);
-                if (s + 1 <= li) v.y *= exp_seg(a, al, dsr[m + 1], dsl[m + 1]);
-                if (s + 2 <= li) v.z *= exp_seg(a, al, dsr[m + 2], dsl[m + 2]);
-                if (s + 3 <= li) v.w *= exp_seg(a, al, dsr[m + 3], dsl[m + 3]);
-                return v;
-            },
-            [&](int n, i64 li) -> float4 {  // dy[l, p .. + 4)
-                return li < len ? ld4(dyb + li * nh * np, p0 + n, np) : f4_zero();
-            });
+        auto run = [&](auto fast_form) {
+            constexpr bool F = decltype(fast_form)::value;
+            gemm_loop<TM, TN, true, true>(
+                acc, sm, 0, nn,
+                [&](int m, i64 k) -> float4 {  // B[s, k .. + 4) e_s
+                    const i64 s = s0 + m;
+                    const float* row = Bb + s * ng * nn;
+                    if (F) return f4_scale(ld4_fast(row + k), erow[m]);
+                    return s < len ? f4_scale(ld4(row, k, nn), erow[m]) : f4_zero();
+                },
+                [&](int n, i64 k) -> float4 {  // dS[p, k .. + 4)
+                    const i64 p = p0 + n;
+                    if (F) return ld4_fast(dSb + p * nn + k);
+                    return p < np ? ld4(dSb + p * nn, k, nn) : f4_zero();
+                });
+            gemm_loop<TM, TN, false, false>(
+                acc, sm, s0, len,
+                [&](int m, i64 li) -> float4 {  // CB[l, s .. + 4) exp(a_l − a_s), s ≤ l
+                    const i64 s = s0 + m;
+                    if ((!F && li >= len) || s > li) return f4_zero();
+                    float4 v = F ? ld4_fast(cbb + li * q + s) : ld4(cbb + li * q, s, li + 1);
+                    const float a = dac[li], al = lo_at(dlc, li);
+                    v.x *= exp_seg(a, al, dsr[m], dsl[m]);
+                    v.y = s + 1 <= li ? v.y * exp_seg(a, al, dsr[m + 1], dsl[m + 1]) : 0.0f;
+                    v.z = s + 2 <= li ? v.z * exp_seg(a, al, dsr[m + 2], dsl[m + 2]) : 0.0f;
+                    v.w = s + 3 <= li ? v.w * exp_seg(a, al, dsr[m + 3], dsl[m + 3]) : 0.0f;
+                    return v;
+                },
+                [&](int n, i64 li) -> float4 {  // dy[l, p .. + 4)
+                    const float* row = dyb + li * nh * np;
+                    if (F) return ld4_fast(row + p0 + n);
+                    return li < len ? ld4(row, p0 + n, np) : f4_zero();
+                },
+                0x7fffffffffffffffll, s0 + tile_row(TM, 0));
+        };
+        if (fast) run(BoolC<true>());
+        else run(BoolC<false>());
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const i64 s = s0 + ty * 4 + i;
-            if (s >= len) continue;
+        for (int i = 0; i < TM; ++i) {
+            const int r = tile_row(TM, i);
+            const i64 s = s0 + r;
+            float dot = 0.0f;
+            if (s < len) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const i64 p = p0 + tx * 4 + j;
-                if (p >= np) continue;
-                const i64 o = s * nh * np + p;
-                const float br = acc[i][j];
-                rowdot[i] = fmaf(br, xb[o], rowdot[i]);
-                float v = dtr[ty * 4 + i] * br;
-                if (D) v += (d_per_channel ? D[h * np + p] : D[h]) * dyb[o];
-                dx[((b * l + c0) * nh + h) * np + o] = v;
+                for (int j = 0; j < TN; ++j) {
+                    const i64 p = p0 + tile_col(j);
+                    if (p >= np) continue;
+                    const i64 o = s * nh * np + p;
+                    const float br = acc[i][j];
+                    dot = fmaf(br, xb[o], dot);
+                    float v = dtr[r] * br;
+                    if (D) v += (d_per_channel ? D[h * np + p] : D[h]) * dyb[o];
+                    dx[((b * l + c0) * nh + h) * np + o] = v;
+                }
             }
+            dot = half_warp_sum(dot);
+            if (tx == 0) rsum[r] += dot;  // row r belongs to this thread alone
         }
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float r = half_warp_sum(rowdot[i]);
-        const i64 s = s0 + ty * 4 + i;
-        if (tx == 0 && s < q) ddt_direct[((b * nh + h) * nc + c) * q + s] = s < len ? r : 0.0f;
+    __syncthreads();
+    if (threadIdx.x < BM) {
+        const i64 s = s0 + threadIdx.x;
+        if (s < q) ddt_direct[((b * nh + h) * nc + c) * q + s] = s < len ? rsum[threadIdx.x] : 0.0f;
     }
 }
 

@@ -175,9 +175,9 @@ __device__ __forceinline__ int tile_row(int tm, int i) { return (threadIdx.x >> 
 __device__ __forceinline__ int tile_col(int j) { return (j >> 2) * 64 + (threadIdx.x & 15) * 4 + (j & 3); }
 
 // acc[i][j] += Σ_{k in [kbeg, kend)} A[m_i, k] · B[k, n_j] for the thread's rows m_i and
-// columns n_j (tile_row, tile_col). Steps whose first k exceeds `kcap` skip the thread's FMAs
-// (causal tiles: pass the largest k the thread's rows need; the loaders must still give zeros
-// past each row's own limit).
+// columns n_j (tile_row, tile_col). Steps entirely outside [kfloor, kcap] skip the thread's
+// FMAs (causal tiles: pass the smallest / largest k the thread's rows need; the loaders must
+// still give zeros past each row's own limit).
 // Loaders give 4 consecutive elements along the operand's contiguous axis:
 //   la(m, k): A[m, k..k+4) when A_KC (A contiguous along k), else A[m..m+4, k);
 //   lb(n, k): B[k..k+4, n) when B_KC, else B[k, n..n+4);
@@ -188,7 +188,7 @@ __device__ __forceinline__ int tile_col(int j) { return (j >> 2) * 64 + (threadI
 template <int TM, int TN, bool A_KC, bool B_KC, int NTH = NT, class LA, class LB>
 __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN, NTH>& sm, i64 kbeg,
                                           i64 kend, const LA& la, const LB& lb,
-                                          i64 kcap = 0x7fffffffffffffffll) {
+                                          i64 kcap = 0x7fffffffffffffffll, i64 kfloor = 0) {
     constexpr int BM = NTH / 16 * TM, BN = 16 * TN;
     constexpr int NA = BM * BKK / 4 / NTH, NB = BN * BKK / 4 / NTH;  // float4 per thread
     const int tid = threadIdx.x;
@@ -239,7 +239,7 @@ __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN,
         }
         __syncthreads();
         if (k0 + BKK < kend) load(k0 + BKK);
-        if (k0 <= kcap) {
+        if (k0 <= kcap && k0 + BKK > kfloor) {
 #pragma unroll
             for (int kk = 0; kk < BKK; ++kk) {
                 float av[TM], bv[TN];
