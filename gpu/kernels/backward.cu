@@ -582,32 +582,40 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
 // bmm_chunk_bwd, dB (mode 0): dB[s, n] (+)= Σ_l dCBm[l, s] C[l, n];
 //                dC (mode 1): dC[l, n] (+)= Σ_s dCBm[l, s] B[s, n];
 // dCBm = dCB with the id mask and padding of bmm_chunk. `causal`: dCB is lower triangular
-// (the K range is cut to it). Per (b, c, g), 64 × 64 tile (token, n).
-extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_bwd_kernel(
+// (the K range is cut to it, and each thread skips the steps its own rows do not reach).
+// Per (b, c, g), 64 × 128 tile (token, n), 128 threads of 8 × 8 (as chunk_state_kernel).
+extern "C" __global__ void __launch_bounds__(NT8, 3) bmm_chunk_bwd_kernel(
     int mode, const float* __restrict__ dcb, const float* __restrict__ Y, const int* __restrict__ seq,
     float* __restrict__ out, int accumulate, int causal, i64 nb, i64 l, i64 ng, i64 nn, i64 q,
     i64 nc) {
-    __shared__ GemmSmem<4, 4> sm;
-    __shared__ int rid[64];
-    const i64 tq = (q + 63) / 64, tn = (nn + 63) / 64;
+    constexpr int TM = 8, TN = 8, NTH = NT8, BM = NTH / 16 * TM, BN = 16 * TN;
+    __shared__ GemmSmem<TM, TN, NTH> sm;
+    __shared__ int rid[BM];
+    const i64 tq = (q + BM - 1) / BM, tn = (nn + BN - 1) / BN;
     BlockIdx bi;
     const i64 nt = bi.next(tn), rt = bi.next(tq), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
     const i64 c0 = c * q;
     const i64 len = min(q, l - c0);
-    const i64 r0 = rt * 64, n0 = nt * 64;
+    const i64 r0 = rt * BM, n0 = nt * BN;
     if (r0 >= len) return;
     const float* db = dcb + ((b * nc + c) * ng + g) * q * q;
     const float* Yb = Y + ((b * l + c0) * ng + g) * nn;
-    if (threadIdx.x < 64) {
+    if (threadIdx.x < BM) {
         const i64 r = r0 + threadIdx.x;
         rid[threadIdx.x] = r < len ? seq_at(seq, l, b, c0 + r) : -1;
     }
-    float acc[4][4];
+    float acc[TM][TN];
     zero_acc(acc);
     i64 kbeg = 0, kend = len;
+    i64 kcap = 0x7fffffffffffffffll, kfloor = 0;
     if (causal) {
-        if (mode == 0) kbeg = r0;            // l ≥ s
-        else kend = min(len, r0 + 64);       // s ≤ l
+        if (mode == 0) {
+            kbeg = r0;  // l ≥ s
+            kfloor = r0 + tile_row(TM, 0);
+        } else {
+            kend = min(len, r0 + BM);  // s ≤ l
+            kcap = r0 + tile_row(TM, TM - 1);
+        }
     }
     kbeg = (kbeg / BKK) * BKK;
     __syncthreads();  // rid
@@ -615,7 +623,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_bwd_kernel(
         return k < kend ? ld4(Yb + k * ng * nn, n0 + n, nn) : f4_zero();
     };
     if (mode == 0) {
-        gemm_loop<4, 4, false, false>(
+        gemm_loop<TM, TN, false, false, NTH>(
             acc, sm, kbeg, kend,
             [&](int m, i64 k) -> float4 {  // A[s .. + 4, l = k] = dCB[l, s .. + 4), same ids
                 if (k >= kend) return f4_zero();
@@ -627,9 +635,9 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_bwd_kernel(
                 if (rid[m + 3] != idk) v.w = 0.0f;
                 return v;
             },
-            lb);
+            lb, kcap, kfloor);
     } else {
-        gemm_loop<4, 4, true, false>(
+        gemm_loop<TM, TN, true, false, NTH>(
             acc, sm, kbeg, kend,
             [&](int m, i64 k) -> float4 {  // A[l = r0 + m, s = k .. + 4) = dCB[l, s .. + 4)
                 const i64 li = r0 + m;
@@ -644,17 +652,16 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_bwd_kernel(
                 }
                 return v;
             },
-            lb);
+            lb, kcap, kfloor);
     }
-    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
     float* ob = out + ((b * l + c0) * ng + g) * nn;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const i64 rr = r0 + ty * 4 + i;
+    for (int i = 0; i < TM; ++i) {
+        const i64 rr = r0 + tile_row(TM, i);
         if (rr >= len) continue;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const i64 ni = n0 + tx * 4 + j;
+        for (int j = 0; j < TN; ++j) {
+            const i64 ni = n0 + tile_col(j);
             if (ni >= nn) continue;
             const i64 o = rr * ng * nn + ni;
             ob[o] = accumulate ? ob[o] + acc[i][j] : acc[i][j];

@@ -13,6 +13,7 @@
 typedef long long i64;
 
 #define NT 256
+#define NT8 128  // threads of the kernels with 8 × 8 outputs per thread (64 × 128 tiles)
 #define BKK 16
 
 __device__ __forceinline__ float silu_f(float v) { return v / (1.0f + expf(-v)); }

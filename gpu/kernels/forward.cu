@@ -42,12 +42,11 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_kernel(
 // Tile 64 (p) × 128 (n), 128 threads of 8 × 8, K = the chunk's tokens. Whole chunks without
 // seq_idx whose tiles are whole and 16-byte aligned take a fast form of the loaders (no masks,
 // no bounds, one 16-byte load each).
-#define CS_NTH 128
-extern "C" __global__ void __launch_bounds__(CS_NTH, 3) chunk_state_kernel(
+extern "C" __global__ void __launch_bounds__(NT8, 3) chunk_state_kernel(
     int mode, const float* __restrict__ Y, const float* __restrict__ X, const float* __restrict__ dt,
     const float* __restrict__ dacs, const float* __restrict__ dlo, const int* __restrict__ seq,
     float* __restrict__ out, i64 nb, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
-    constexpr int TM = 8, TN = 8, NTH = CS_NTH, BM = NTH / 16 * TM, BN = 16 * TN;
+    constexpr int TM = 8, TN = 8, NTH = NT8, BM = NTH / 16 * TM, BN = 16 * TN;
     __shared__ GemmSmem<TM, TN, NTH> sm;
     const i64 tn = (nn + BN - 1) / BN, tp = (np + BM - 1) / BM;
     BlockIdx bi;

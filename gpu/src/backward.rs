@@ -5,21 +5,21 @@
 //! | kernel | CUDA | work decomposition |
 //! |---|---|---|
 //! | `chunk_scan_bwd_dz` | `bwd_dz_kernel` + `sum_rows*` | thread per (h, p) column over 64-row runs |
-//! | `chunk_scan_bwd_dstates` | `chunk_state_kernel` (mode 1) | 64 × 64 (p, n) tiles, K = tokens |
+//! | `chunk_scan_bwd_dstates` | `chunk_state_kernel` (mode 1) | 64 × 128 (p, n) tiles (128 threads), K = tokens |
 //! | `state_passing_bwd` | `state_passing_bwd_kernel` + reduce | (b, h, p·n slice), reverse over chunks |
 //! | `chunk_scan_chunk_state_bwd_dx` | `bwd_dx_kernel` | 64 tokens × all p, K = n then l ≥ s |
 //! | `chunk_state_bwd_db` | `bwd_dbc_kernel` (mode 0) + prefix | 64 × 64 (s, n) tiles, heads of the group in turn |
 //! | `chunk_scan_bwd_dc` | `bwd_dbc_kernel` (mode 1) + sum | 64 × 64 (l, n) tiles, heads of the group in turn |
 //! | `chunk_scan_bwd_dcb` | `bwd_dcb_kernel` | 64 × 64 (l, s) tiles, s ≤ l, heads in turn |
-//! | `bmm_chunk_bwd` | `bmm_chunk_bwd_kernel` ×2 | 64 × 64 (token, n) tiles, K = tokens |
+//! | `bmm_chunk_bwd` | `bmm_chunk_bwd_kernel` ×2 | 64 × 128 (token, n) tiles (128 threads), K = tokens |
 //! | `chunk_scan_bwd_ddacs_stable` | `bwd_ddacs_kernel` + sum | per (b, c, h, l tile), s tiles in turn |
 //! | `chunk_cumsum_bwd` | `chunk_cumsum_bwd_kernel` + reduce | block per (b, h) |
 
 use crate::array::{
     DeviceArray1, DeviceArray2, DeviceArray3, DeviceArray4, DeviceArray5, DeviceArrayD,
 };
-use crate::device::{opt_arg, Arg, Gpu, NT};
-use crate::forward::{check_d_shape, check_seq, i, tiles};
+use crate::device::{opt_arg, Arg, Gpu, NT, NT8};
+use crate::forward::{check_d_shape, check_seq, i, tiles, tiles128};
 use ndarray::{Ix1, Ix2, Ix3, Ix4, Ix5, IxDyn};
 use ssd_reference::chunking::{check_bhcq, check_cumsum_args};
 use ssd_reference::validate::{check_groups, check_shape};
@@ -593,8 +593,8 @@ impl Gpu {
         for (mode, y, out) in [(0, c_blgn, db), (1, b_blgn, dc)] {
             self.launch(
                 "bmm_chunk_bwd_kernel",
-                tiles(nn) * tiles(q) * (ng * nc * nb) as u64,
-                NT,
+                tiles128(nn) * tiles(q) * (ng * nc * nb) as u64,
+                NT8,
                 &[
                     Arg::I32(mode),
                     dcb.arg(),

@@ -15,7 +15,7 @@
 use crate::array::{
     DeviceArray1, DeviceArray2, DeviceArray3, DeviceArray4, DeviceArray5, DeviceArrayD,
 };
-use crate::device::{opt_arg, Arg, Gpu, NT};
+use crate::device::{opt_arg, Arg, Gpu, NT, NT8};
 use ssd_reference::chunking::{check_bhcq, check_cumsum_args};
 use ssd_reference::validate::{check_groups, check_shape};
 use ssd_reference::{Options, SsdError};
@@ -24,10 +24,7 @@ pub(crate) fn tiles(n: usize) -> u64 {
     n.div_ceil(64) as u64
 }
 
-/// Threads per block of `chunk_state_kernel` (`CS_NTH` in forward.cu): 8 × 8 outputs each.
-const CHUNK_STATE_THREADS: u32 = 128;
-
-/// Number of 128-wide tiles covering `n` (the wide side of the 4 × 8 / 8 × 4 per-thread tiles).
+/// Number of 128-wide tiles covering `n` (the wide side of the 8 × 4 / 8 × 8 per-thread tiles).
 pub(crate) fn tiles128(n: usize) -> u64 {
     n.div_ceil(128) as u64
 }
@@ -172,7 +169,7 @@ impl Gpu {
         self.launch(
             "chunk_state_kernel",
             tiles128(nn) * tiles(np) * (nh * nc * nb) as u64,
-            CHUNK_STATE_THREADS,
+            NT8,
             &[
                 Arg::I32(mode),
                 y_blgn.arg(),

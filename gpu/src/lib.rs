@@ -9,8 +9,11 @@
 //! Arithmetic is f32 throughout (fused multiply-adds, no TF32, no fast math), indices are 64-bit,
 //! and every reduction has a fixed order (no float atomics): results are bit-identical run to
 //! run. The matmul-shaped work (CB, chunk states, chunk scan, dx, dB, dC, dCB, ddA_intra) runs
-//! through one shared-memory tiled core (64 × 64 output tiles, 256 threads with 4 × 4 register
-//! tiles, coalesced global loads along the contiguous axis of each operand).
+//! through one shared-memory tiled core (`gemm_loop` in kernels/common.cuh: double-buffered
+//! operand tiles, coalesced global loads along the contiguous axis of each operand, register
+//! tiles per thread of 4 × 4 (most kernels), 8 × 4 (chunk_scan, 128 × 64 outputs) or 8 × 8
+//! (chunk_state, 64 × 128 outputs from 128 threads)); whole, aligned tiles without `seq_idx`
+//! take a form of the loaders without masks or bounds checks.
 //!
 //! ```no_run
 //! use ssd_gpu::{DeviceInputs, Gpu};
