@@ -100,9 +100,12 @@ pub(crate) fn recurrent_core(
         .d
         .as_ref()
         .map(|d| super::chunk_scan::d_table(d, g.nh, g.np, g.pp));
-    // About two tiles per thread: whole heads in ranges when there are enough (b, h) pairs,
-    // otherwise single heads split by rows. Never changes the arithmetic of any element.
-    let want = 2 * par.degree();
+    // One tile per thread: whole heads in ranges when there are enough (b, h) pairs, otherwise
+    // single heads split by rows. Never changes the arithmetic of any element. Every tile walks
+    // every token's page of `x` and `out` (a token's heads share it), so fewer, wider tiles
+    // mean fewer page walks and one packing of `B`/`C` for more heads: two tiles per thread
+    // (for balance) were ≈ 5% slower at S1 and S3, the same at S2 (2 threads, same process).
+    let want = par.degree();
     let (hpt, rows) = if g.nb * g.nh >= want {
         let ranges = want.div_ceil(g.nb).min(g.nh);
         (g.nh.div_ceil(ranges), g.np)
