@@ -182,19 +182,8 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
         zero_acc(acc);
         auto run = [&](auto fast_form) {
             constexpr bool F = decltype(fast_form)::value;
-            gemm_loop<TM, TN, true, true>(
-                acc, sm, 0, nn,
-                [&](int m, i64 k) -> float4 {  // B[s, k .. + 4) e_s
-                    const i64 s = s0 + m;
-                    const float* row = Bb + s * ng * nn;
-                    if (F) return f4_scale(ld4_fast(row + k), erow[m]);
-                    return s < len ? f4_scale(ld4(row, k, nn), erow[m]) : f4_zero();
-                },
-                [&](int n, i64 k) -> float4 {  // dS[p, k .. + 4)
-                    const i64 p = p0 + n;
-                    if (F) return ld4_fast(dSb + p * nn + k);
-                    return p < np ? ld4(dSb + p * nn, k, nn) : f4_zero();
-                });
+            // e_s B_s · dS (K = n)
+            scaled_rows_gemm<F>(acc, sm, Bb, ng * nn, s0, len, erow, dSb, p0, np, nn);
             gemm_loop<TM, TN, false, false>(
                 acc, sm, s0, len,
                 [&](int m, i64 li) -> float4 {  // CB[l, s .. + 4) exp(a_l − a_s), s ≤ l

@@ -265,6 +265,31 @@ __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN,
     __syncthreads();  // the tiles (and anything the loaders read) may be rewritten after this
 }
 
+// acc += Σ_{k < nn} (R[r0 + m, k] · e[m]) · M[c0 + n, k]: rows of R (row stride rs, rows from
+// rlen on are zero) scaled per tile row by e (shared memory), against rows of M (row stride nn,
+// rows from mlen on are zero); both contiguous along k. The inter-chunk products of chunk_scan
+// (C·exp(a) against the states) and of dx (B·e against dstates). F: the fast form (whole
+// tiles, 16-byte aligned rows, nn a multiple of BKK; the caller checks).
+template <bool F, int TM, int TN, int NTH = NT>
+__device__ __forceinline__ void scaled_rows_gemm(float (&acc)[TM][TN], GemmSmem<TM, TN, NTH>& sm,
+                                                 const float* R, i64 rs, i64 r0, i64 rlen,
+                                                 const float* e, const float* M, i64 c0, i64 mlen,
+                                                 i64 nn) {
+    gemm_loop<TM, TN, true, true, NTH>(
+        acc, sm, 0, nn,
+        [&](int m, i64 k) -> float4 {  // R[r0 + m, k .. + 4) · e[m]
+            const i64 r = r0 + m;
+            const float* row = R + r * rs;
+            if (F) return f4_scale(ld4_fast(row + k), e[m]);
+            return r < rlen ? f4_scale(ld4(row, k, nn), e[m]) : f4_zero();
+        },
+        [&](int n, i64 k) -> float4 {  // M[c0 + n, k .. + 4)
+            const i64 c = c0 + n;
+            if (F) return ld4_fast(M + c * nn + k);
+            return c < mlen ? ld4(M + c * nn, k, nn) : f4_zero();
+        });
+}
+
 // Inclusive block scan in f64 (blockDim.x == NT); `red` must hold 32 doubles. Synchronises.
 __device__ double block_inclusive_scan_f64(double v, double* red, double& total) {
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;

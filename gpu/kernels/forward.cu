@@ -218,19 +218,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) chunk_scan_kernel(
     auto run = [&](auto fast_form) {
         constexpr bool F = decltype(fast_form)::value;
         // Inter-chunk term: exp(a_l) C_l · P_c (K = n).
-        gemm_loop<TM, TN, true, true>(
-            acc, sm, 0, nn,
-            [&](int m, i64 k) -> float4 {  // C[i, k .. + 4) · exp(a_i)
-                const i64 i = l0 + m;
-                const float* row = Cb + i * ng * nn;
-                if (F) return f4_scale(ld4_fast(row + k), erow[m]);
-                return i < len ? f4_scale(ld4(row, k, nn), erow[m]) : f4_zero();
-            },
-            [&](int n, i64 k) -> float4 {  // P[p, k .. + 4)
-                const i64 p = p0 + n;
-                if (F) return ld4_fast(Pb + p * nn + k);
-                return p < np ? ld4(Pb + p * nn, k, nn) : f4_zero();
-            });
+        scaled_rows_gemm<F>(acc, sm, Cb, ng * nn, l0, len, erow, Pb, p0, np, nn);
         // Intra-chunk term (K = s ≤ l, causal: a thread's FMAs stop after its last row's s).
         gemm_loop<TM, TN, true, false>(
             acc, sm, 0, min(len, l0 + BM),
