@@ -23,8 +23,10 @@
 //! [`SsdError`] on malformed input, and parallelism is the explicit last argument [`Par`].
 //! Results are bit-identical run after run and for every [`Par`].
 //!
-//! Build for the machine (`RUSTFLAGS="-C target-cpu=native"`) where it has AVX-512; the
-//! workspace default is `x86-64-v3` (AVX2 + FMA), which `wide` needs to emit 256-bit FMA.
+//! The workspace builds for `x86-64-v3` (AVX2 + FMA, which `wide` needs to emit 256-bit FMA).
+//! Where the CPU has AVX-512F (detected at run time), the recurrence's register block runs on
+//! 16 lanes with the same per-lane operations, so the bits do not depend on it
+//! ([`avx512_in_use`], [`set_avx512_allowed`]).
 //!
 //! Performance (DESIGN.md §6; `bench-cpu` in ssd-verify): the recurrence does 3 `f32x8`
 //! operations per 8 state elements and token (`H·a + B·Δx`, `y += C·H`) with blocks of `H` in
@@ -68,6 +70,7 @@ pub use forward::combined::{
 pub use forward::state_passing::state_passing;
 pub use norm::{rmsnorm_gated, swiglu};
 pub use par::Par;
+pub use simd::{avx512_in_use, set_avx512_allowed};
 pub use ssd_reference::{
     AAdjoint, DecodeInputs, DecodeOptions, Gradients, Inputs, Options, Outputs, RmsNormOptions,
     SsdError,

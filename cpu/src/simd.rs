@@ -124,3 +124,27 @@ pub(crate) fn mask_le(v: V, start: usize, last: usize) -> V {
     let idx = iota() + V::splat(start as f32);
     idx.cmp_le(V::splat(last as f32)).blend(v, V::ZERO)
 }
+
+/// Whether the AVX-512 forms may run (see [`set_avx512_allowed`]).
+static AVX512_ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Allows (the default) or forbids the AVX-512F forms of the kernels that have one (today the
+/// register block of [`ssd_recurrent`](crate::ssd_recurrent), which the combined forward runs).
+/// They compute every element with the same operations in the same order as the 8-lane
+/// (AVX2) forms, so results are bit-identical either way; the switch exists to show that and
+/// to time both on one machine. Takes effect at the next call; process-wide.
+pub fn set_avx512_allowed(allowed: bool) {
+    AVX512_ALLOWED.store(allowed, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the next call runs the AVX-512F forms: the CPU has AVX-512F (detected at run time)
+/// and [`set_avx512_allowed`] has not forbidden them.
+pub fn avx512_in_use() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        AVX512_ALLOWED.load(std::sync::atomic::Ordering::Relaxed)
+            && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}

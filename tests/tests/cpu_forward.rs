@@ -229,6 +229,23 @@ proptest! {
         prop_assert!(same_bits(&s1, &s2) && same_bits(&o1, &o2));
     }
 
+    /// The AVX-512 register block (used where the CPU has AVX-512F) gives the same bits as the
+    /// 8-lane one: head dims up to 80 mix 32-, 16- and 8-row blocks in one tile. On a CPU
+    /// without AVX-512F both calls run the 8-lane form and this checks run-to-run equality only.
+    #[test]
+    fn avx512_and_avx2_forms_agree(
+        spec in spec_within(Limits { headdim: 80, dstate: 40, seqlen: 200, ..Limits::default() })
+    ) {
+        let p32 = spec.build().to_f32();
+        let wide = ssd_cpu::ssd_recurrent(&p32.inputs(), &p32.options, two()).unwrap();
+        ssd_cpu::set_avx512_allowed(false);
+        let narrow = ssd_cpu::ssd_recurrent(&p32.inputs(), &p32.options, two());
+        ssd_cpu::set_avx512_allowed(true);
+        let narrow = narrow.unwrap();
+        prop_assert!(same_bits(&wide.out, &narrow.out));
+        prop_assert!(same_bits(&wide.final_states, &narrow.final_states));
+    }
+
     /// Every broken problem gives its error, never a panic.
     #[test]
     fn broken_problems_error((p, br) in broken_problem()) {

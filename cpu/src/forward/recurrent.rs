@@ -20,10 +20,14 @@
 //! Tiles: (b, range of heads, range of p) — the rows of `H` never interact, so the tile layout
 //! (chosen from the thread count) does not change any arithmetic.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 use super::{flat, Geom, Seq};
 use crate::par::{for_each_tile, Par};
 use crate::simd::{
-    load, load_partial, pad, prefetch_range, process_dt, silu, store, store_partial, V, W,
+    avx512_in_use, load, load_partial, pad, prefetch_range, process_dt, silu, store, store_partial,
+    V, W,
 };
 use ndarray::{s, ArrayViewMut3, ArrayViewMut4, Axis};
 use ssd_reference::{Inputs, Options};
@@ -159,6 +163,8 @@ pub(crate) fn recurrent_core(
         bc: vec![0.0; 2 * nk * TB],
     };
     let (nn, pn) = (g.nn, g.np * g.nn);
+    // the 16-lane register block where the CPU has AVX-512F: same bits (see `avx512`)
+    let wide16 = avx512_in_use();
     for_each_tile(par, tiles, scratch, |s, tile| {
         let Tile {
             b,
@@ -255,6 +261,20 @@ pub(crate) fn recurrent_core(
                 let y = &mut s.y[..len * rp];
                 let st = &mut hs[j * slab..(j + 1) * slab];
                 let mut r = 0;
+                #[cfg(target_arch = "x86_64")]
+                if wide16 {
+                    use avx512::{scan_rows16, W16};
+                    while r + 2 * W16 <= rp {
+                        // SAFETY: `wide16` is set only where the CPU has AVX-512F.
+                        unsafe { scan_rows16::<2>(&blk, st, y, r) };
+                        r += 2 * W16;
+                    }
+                    if r + W16 <= rp {
+                        // SAFETY: as above.
+                        unsafe { scan_rows16::<1>(&blk, st, y, r) };
+                        r += W16;
+                    }
+                }
                 while r + MP * W <= rp {
                     scan_rows::<MP>(&blk, st, y, r);
                     r += MP * W;

@@ -37,7 +37,9 @@ pub const GEMM_SIZE: usize = 2048;
 /// time of all threads per call: on a loaded machine `cpu_ms / threads` estimates the wall time
 /// with the cores to itself), `ms_alloc` (the owned-output API, allocating its outputs and
 /// intermediates, against the `_into` API with a reused workspace that `median_ms` reports),
-/// `chunked_ms` and `recurrent_ms` (the two algorithms forced, owned-output API), `ggml_ms` and
+/// `chunked_ms` and `recurrent_ms` (the two algorithms forced, owned-output API), `avx512` (1
+/// where the recurrence's 16-lane register block runs) and then `recurrent_avx2_ms` (the
+/// recurrence with its 8-lane block only), `ggml_ms` and
 /// `ggml_ratio` (> 1: faster than ggml's recurrent scan); for the decode row
 /// `bytes_per_s`, `copy_bytes_per_s` and `copy_ms`.
 pub fn run(
@@ -172,13 +174,24 @@ fn forward_row(sh: &Shape, reps: usize, par: Par, gemm: f64) -> Result<BenchRow,
         ssd_cpu::ssd_recurrent(&inputs, &p.options, par).map(|_| ())
     })?;
     let gflops = sh.forward_flops() / (ms * 1e-3) / 1e9;
+    let avx512 = ssd_cpu::avx512_in_use();
     let mut extra = vec![
         ("gemm_gflops".to_string(), gemm),
         ("cpu_ms".into(), cpu_ms),
         ("ms_alloc".into(), ms_alloc),
         ("chunked_ms".into(), chunked_ms),
         ("recurrent_ms".into(), recurrent_ms),
+        ("avx512".into(), if avx512 { 1.0 } else { 0.0 }),
     ];
+    if avx512 {
+        // the same recurrence with its 8-lane register block only (same bits), same run
+        ssd_cpu::set_avx512_allowed(false);
+        let avx2_ms = time_ms(reps.div_ceil(2), || {
+            ssd_cpu::ssd_recurrent(&inputs, &p.options, par).map(|_| ())
+        });
+        ssd_cpu::set_avx512_allowed(true);
+        extra.push(("recurrent_avx2_ms".into(), avx2_ms?));
+    }
     if let Some(g) = ggml_ms(sh.name) {
         extra.push(("ggml_ms".into(), g));
         extra.push(("ggml_ratio".into(), g / ms));
