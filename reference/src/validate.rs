@@ -124,7 +124,7 @@ pub fn check_d<T>(d: &ArrayViewD<'_, T>, nheads: usize, headdim: usize) -> Resul
 
 /// Checks the group structure: `g ≥ 1` and `g | h`, `h ≥ 1`.
 pub fn check_groups(nheads: usize, ngroups: usize) -> Result<(), SsdError> {
-    if ngroups == 0 || nheads == 0 || nheads % ngroups != 0 {
+    if ngroups == 0 || nheads == 0 || !nheads.is_multiple_of(ngroups) {
         return Err(SsdError::GroupsDoNotDivideHeads { nheads, ngroups });
     }
     Ok(())

@@ -903,7 +903,7 @@ fn combined_bwd_pair(g: &Gpu, p: &Problem<f64>, seed: u64) -> BwdPair {
     )
     .into_dimensionality()
     .unwrap());
-    let with_final = seed % 3 != 0;
+    let with_final = !seed.is_multiple_of(3);
     let dfinal: Array4<f64> = r(&random_array(
         &[dims.batch, dims.nheads, dims.headdim, dims.dstate],
         seed ^ 5,

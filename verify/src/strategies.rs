@@ -50,7 +50,7 @@ impl Limits {
 }
 
 fn divisors(h: usize) -> Vec<usize> {
-    (1..=h).filter(|g| h % g == 0).collect()
+    (1..=h).filter(|g| h.is_multiple_of(*g)).collect()
 }
 
 /// Chunk size from a drawn kind: small, anywhere in 1–300, or larger than `l`.
