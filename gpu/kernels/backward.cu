@@ -568,6 +568,164 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
     }
 }
 
+// chunk_scan_bwd_dcb and chunk_scan_bwd_ddacs_stable in one pass (the combined backward): both
+// are built on P = dy_L x_Sᵀ per head (K = p), which this forms once. Per (b, c, g), 64-row tile
+// L (heaviest first) and a range of at most DDC_MAXH of the group's heads, over the s tiles S ≤ L
+// in order, for each head of the range in turn:
+//   dCB[l, s] += P[l, s] · Δ_s exp(a_l − a_s)           (s ≤ l, as bwd_dcb_kernel)
+//   W[l, s] = P[l, s] Δ_s CB[l, s] exp(a_l − a_s)        (s < l) → the ddacs partials exactly as
+//   bwd_ddacs_kernel (row prefixes carried across S per head, column sums over l ≥ k).
+// dCB of the range goes to out slice `hs` ((nsplit, b, c, g, q, q)), summed over the slices by
+// dcb_sum_parts_kernel; with nsplit = 1 straight into dCB, the tiles above the diagonal zeroed.
+#define DDC_MAXH 16
+extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_ddacs_kernel(
+    const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
+    const float* __restrict__ dlo, const float* __restrict__ dy, const float* __restrict__ cb,
+    float* __restrict__ dcb_out, float* __restrict__ part, i64 nb, i64 l, i64 nh, i64 np, i64 ng,
+    i64 q, i64 nc, i64 nsplit, i64 hper) {
+    __shared__ GemmSmem<4, 4> sm;
+    __shared__ float Ws[64][65];
+    __shared__ float dlr[64], dsc[64], dlrl[64], dscl[64], dts[64];
+    __shared__ float carry[DDC_MAXH][64];
+    const i64 tq = (q + 63) / 64;
+    BlockIdx bi;
+    const i64 hs = bi.next(nsplit), g = bi.next(ng), c = bi.next(nc), b = bi.next(nb);
+    const i64 lt = tq - 1 - bi.rest;  // the rows with the most s tiles are launched first
+    const i64 hpg = nh / ng;
+    const i64 h0 = g * hpg + hs * hper;
+    const i64 nhr = max((i64)0, min(hper, g * hpg + hpg - h0));
+    const i64 c0 = c * q;
+    const i64 len = min(q, l - c0);
+    const i64 l0 = lt * 64;
+    const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+    float* ob = dcb_out + (((hs * nb + b) * nc + c) * ng + g) * q * q;
+    const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
+    const i64 kmax = (l0 < len) ? min(q - 1, l0 + 63) : 0;
+    for (i64 hh = 0; hh < nhr; ++hh) {
+        float* pb = part + (((b * nh + h0 + hh) * nc + c) * tq + lt) * q;
+        for (i64 k = tid; k < q; k += NT)
+            if (k == 0 || k > kmax) pb[k] = 0.0f;
+    }
+    // dCB tiles of this row: computed for S ≤ L (all zero when L is past the chunk's end);
+    // above the diagonal zero, written here only when there is no summing pass
+    const i64 st_end = (nsplit == 1) ? tq : lt + 1;
+    for (i64 st = 0; st < st_end; ++st) {
+        const i64 s0 = st * 64;
+        float oacc[4][4];
+        zero_acc(oacc);
+        if (st <= lt && l0 < len) {
+            for (i64 hh = 0; hh < nhr; ++hh) {
+                const i64 h = h0 + hh;
+                const float* dtc = dt + ((b * nh + h) * nc + c) * q;
+                const float* dac = dacs + ((b * nh + h) * nc + c) * q;
+                const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
+                float* pb = part + (((b * nh + h) * nc + c) * tq + lt) * q;
+                if (tid < 64) {
+                    const i64 li = l0 + tid, si = s0 + tid;
+                    dlr[tid] = li < len ? dac[li] : 0.0f;
+                    dlrl[tid] = li < len ? lo_at(dlc, li) : 0.0f;
+                    dsc[tid] = si < len ? dac[si] : 0.0f;
+                    dscl[tid] = si < len ? lo_at(dlc, si) : 0.0f;
+                    dts[tid] = si < len ? dtc[si] : 0.0f;
+                    if (st == 0) carry[hh][tid] = 0.0f;
+                }
+                const float* dyb = dy + ((b * l + c0) * nh + h) * np;
+                const float* xb = x + ((b * l + c0) * nh + h) * np;
+                float acc[4][4];
+                zero_acc(acc);
+                gemm_loop<4, 4, true, true>(
+                    acc, sm, 0, np,
+                    [&](int m, i64 k) -> float4 {  // dy[l, k .. + 4)
+                        const i64 li = l0 + m;
+                        return li < len ? ld4(dyb + li * nh * np, k, np) : f4_zero();
+                    },
+                    [&](int n, i64 k) -> float4 {  // x[s, k .. + 4)
+                        const i64 si = s0 + n;
+                        return si < len ? ld4(xb + si * nh * np, k, np) : f4_zero();
+                    });
+                if (np == 0) __syncthreads();
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const i64 li = l0 + ty * 4 + i;
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const i64 si = s0 + tx * 4 + j;
+                        float w = 0.0f;
+                        if (si <= li && li < len) {
+                            const float e = exp_seg(dlr[ty * 4 + i], dlrl[ty * 4 + i], dsc[tx * 4 + j],
+                                                    dscl[tx * 4 + j]);
+                            oacc[i][j] = fmaf(acc[i][j], dts[tx * 4 + j] * e, oacc[i][j]);
+                            if (si < li) w = acc[i][j] * dts[tx * 4 + j] * cbb[li * q + si] * e;
+                        }
+                        Ws[ty * 4 + i][tx * 4 + j] = w;
+                    }
+                }
+                __syncthreads();
+                // row prefix: 4 threads per row, 16 columns each, then a 4-lane scan (fixed order)
+                {
+                    const int r = tid >> 2, seg = tid & 3;
+                    float run = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 16; ++j) {
+                        run += Ws[r][seg * 16 + j];
+                        Ws[r][seg * 16 + j] = run;
+                    }
+                    float t1 = __shfl_up_sync(0xffffffffu, run, 1, 4);
+                    float t2 = __shfl_up_sync(0xffffffffu, run, 2, 4);
+                    float t3 = __shfl_up_sync(0xffffffffu, run, 3, 4);
+                    float off = carry[hh][r];
+                    if (seg >= 1) off += t1;
+                    if (seg >= 2) off += t2;
+                    if (seg >= 3) off += t3;
+#pragma unroll
+                    for (int j = 0; j < 16; ++j) Ws[r][seg * 16 + j] += off;
+                    __syncthreads();
+                    if (seg == 3) carry[hh][r] = Ws[r][63];
+                }
+                __syncthreads();
+                // column sums over rows l ≥ k, k = s0 + j + 1: 4 threads per column, 16 rows each
+                {
+                    const int j = tid >> 2, seg = tid & 3;
+                    const i64 k = s0 + j + 1;
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 16; ++i) {
+                        const int r = seg * 16 + i;
+                        if (l0 + r >= k) sum += Ws[r][j];
+                    }
+                    sum += __shfl_xor_sync(0xffffffffu, sum, 1, 4);
+                    sum += __shfl_xor_sync(0xffffffffu, sum, 2, 4);
+                    if (seg == 0 && k <= kmax) pb[k] = sum;
+                }
+                __syncthreads();
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const i64 li = l0 + ty * 4 + i;
+            if (li >= q) continue;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const i64 si = s0 + tx * 4 + j;
+                if (si < q) ob[li * q + si] = oacc[i][j];
+            }
+        }
+    }
+}
+
+// dCB = Σ_hs part[hs] in order, for the tiles on and below the diagonal (64-blocks of l and
+// s); 0 above it (the parts are not written there). n = b·c·g·q·q.
+extern "C" __global__ void __launch_bounds__(NT) dcb_sum_parts_kernel(
+    const float* __restrict__ part, float* __restrict__ dcb, i64 nsplit, i64 n, i64 q) {
+    const i64 e = (i64)blockIdx.x * NT + threadIdx.x;
+    if (e >= n) return;
+    const i64 si = e % q, li = (e / q) % q;
+    float s = 0.0f;
+    if (si / 64 <= li / 64)
+        for (i64 r = 0; r < nsplit; ++r) s += part[r * n + e];
+    dcb[e] = s;
+}
+
 // bmm_chunk_bwd, dB (mode 0): dB[s, n] (+)= Σ_l dCBm[l, s] C[l, n];
 //                dC (mode 1): dC[l, n] (+)= Σ_s dCBm[l, s] B[s, n];
 // dCBm = dCB with the id mask and padding of bmm_chunk. `causal`: dCB is lower triangular

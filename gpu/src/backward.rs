@@ -14,6 +14,10 @@
 //! | `bmm_chunk_bwd` | `bmm_chunk_bwd_kernel` ×2 | 64 × 128 (token, n) tiles (128 threads), K = tokens |
 //! | `chunk_scan_bwd_ddacs_stable` | `bwd_ddacs_kernel` + sum | per (b, c, h, l tile), s tiles in turn |
 //! | `chunk_cumsum_bwd` | `chunk_cumsum_bwd_kernel` + reduce | block per (b, h) |
+//!
+//! The combined backward runs `chunk_scan_bwd_dcb` and `chunk_scan_bwd_ddacs_stable` as one
+//! pass, `bwd_dcb_ddacs_kernel` (+ `dcb_sum_parts_kernel`): both are built on `⟨dy_l, x_s⟩`
+//! per head, which it forms once (per (b, c, g, l tile, range of ≤ 16 heads), s tiles in turn).
 
 use crate::array::{
     DeviceArray1, DeviceArray2, DeviceArray3, DeviceArray4, DeviceArray5, DeviceArrayD,
@@ -653,6 +657,77 @@ impl Gpu {
         Ok(part)
     }
 
+    /// `chunk_scan_bwd_dcb` and the partials of `chunk_scan_bwd_ddacs_stable` in one pass
+    /// (`bwd_dcb_ddacs_kernel`): both are built on `⟨dy_l, x_s⟩` per head, formed once here.
+    /// Returns `(dCB (b, c, g, Q, Q), ddacs partials (b·h·c, l tiles, Q))`. The group's heads
+    /// are split into ranges of at most 16 so that there are about 1024 blocks (a count that
+    /// depends on the shape only, so the bits do not depend on the device); with more than one
+    /// range, `dCB` is summed over them in order by `dcb_sum_parts_kernel`.
+    pub(crate) fn dcb_ddacs_lo(
+        &self,
+        x_blhp: &DeviceArray4,
+        dt_bhcq: &DeviceArray4,
+        dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
+        dy_blhp: &DeviceArray4,
+        cb_bcgqq: &DeviceArray5,
+    ) -> Result<(DeviceArray5, DeviceArray3), SsdError> {
+        const MAX_HEADS: usize = 16;
+        const TARGET_BLOCKS: usize = 1024;
+        let (nb, l, nh, np) = x_blhp.dim();
+        let (_, nc, ng, q, _) = cb_bcgqq.dim();
+        let tq = q.div_ceil(64);
+        let hpg = nh / ng;
+        let base = (nb * nc * ng * tq).max(1);
+        let nsplit = TARGET_BLOCKS
+            .div_ceil(base)
+            .max(hpg.div_ceil(MAX_HEADS))
+            .clamp(1, hpg.max(1));
+        let hper = hpg.div_ceil(nsplit).max(1);
+        let nsplit = hpg.div_ceil(hper).max(1);
+        let part = self.alloc_out(Ix3(nb * nh * nc, tq, q))?;
+        let dcb = self.alloc_out(Ix5(nb, nc, ng, q, q))?;
+        let slices = if nsplit > 1 {
+            Some(self.alloc_out(Ix5(nsplit * nb, nc, ng, q, q))?)
+        } else {
+            None
+        };
+        self.launch(
+            "bwd_dcb_ddacs_kernel",
+            (nsplit * ng * nc * nb * tq) as u64,
+            NT,
+            &[
+                x_blhp.arg(),
+                dt_bhcq.arg(),
+                dacs_bhcq.arg(),
+                opt_arg(dlo),
+                dy_blhp.arg(),
+                cb_bcgqq.arg(),
+                slices.as_ref().unwrap_or(&dcb).arg(),
+                part.arg(),
+                i(nb),
+                i(l),
+                i(nh),
+                i(np),
+                i(ng),
+                i(q),
+                i(nc),
+                i(nsplit),
+                i(hper),
+            ],
+        )?;
+        if let Some(slices) = &slices {
+            let n = nb * nc * ng * q * q;
+            self.launch(
+                "dcb_sum_parts_kernel",
+                n.div_ceil(NT as usize) as u64,
+                NT,
+                &[slices.arg(), dcb.arg(), i(nsplit), i(n), i(q)],
+            )?;
+        }
+        Ok((dcb, part))
+    }
+
     /// `chunk_scan_bwd_ddacs_stable`: `ddA_intra_k = Σ_{l ≥ k > s} ⟨dy_l, x_s⟩ Δ_s CB[l, s]
     /// exp(a_l − a_s)`, (b, h, c, Q), from sums of products.
     pub fn chunk_scan_bwd_ddacs_stable(
@@ -672,6 +747,29 @@ impl Gpu {
         check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
         let part = self.ddacs_parts(x_blhp, dt_bhcq, dacs_bhcq, None, dy_blhp, cb_bcgqq)?;
         self.reduce_parts(&part, (nb, nh, nc, q), 0, l)
+    }
+
+    /// [`chunk_scan_bwd_dcb`](Self::chunk_scan_bwd_dcb) and
+    /// [`chunk_scan_bwd_ddacs_stable`](Self::chunk_scan_bwd_ddacs_stable) in one pass, as the
+    /// combined backward runs them: `(dCB (b, c, g, Q, Q), ddA_intra (b, h, c, Q))`, with one
+    /// `⟨dy_l, x_s⟩` product per head for both; `ngroups` is `CB`'s.
+    pub fn chunk_scan_bwd_dcb_ddacs_stable(
+        &self,
+        x_blhp: &DeviceArray4,
+        dt_bhcq: &DeviceArray4,
+        dacs_bhcq: &DeviceArray4,
+        dy_blhp: &DeviceArray4,
+        cb_bcgqq: &DeviceArray5,
+    ) -> Result<(DeviceArray5, DeviceArray4), SsdError> {
+        let (nb, l, nh, np) = x_blhp.dim();
+        let (nc, q) = check_bhcq("dt", dt_bhcq.shape(), nb, nh, l)?;
+        check_shape("dA_cumsum", dt_bhcq.shape(), dacs_bhcq.shape())?;
+        check_shape("dy", &[nb, l, nh, np], dy_blhp.shape())?;
+        let ng = cb_bcgqq.shape()[2];
+        check_groups(nh, ng)?;
+        check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
+        let (dcb, part) = self.dcb_ddacs_lo(x_blhp, dt_bhcq, dacs_bhcq, None, dy_blhp, cb_bcgqq)?;
+        Ok((dcb, self.reduce_parts(&part, (nb, nh, nc, q), 0, l)?))
     }
 
     /// `chunk_cumsum_bwd`: `(ddt_blh, da_h, ddt_bias_h?)` from the total `ddA` (w.r.t. each

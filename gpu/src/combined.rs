@@ -6,8 +6,9 @@
 //! Forward: `chunk_cumsum → chunk_state → state_passing → bmm_chunk → chunk_scan`.
 //! Backward (from the saved [`GpuChunkedForward`]): `chunk_scan_bwd_dz →
 //! chunk_scan_bwd_dstates → state_passing_bwd → chunk_scan_chunk_state_bwd_dx →
-//! chunk_scan_bwd_dcb → bmm_chunk_bwd → chunk_state_bwd_db → chunk_scan_bwd_dc →
-//! chunk_scan_bwd_ddacs_stable → assembly of ddA → chunk_cumsum_bwd`.
+//! chunk_scan_bwd_dcb with chunk_scan_bwd_ddacs_stable (one pass, one `⟨dy, x⟩` product per
+//! head) → bmm_chunk_bwd → chunk_state_bwd_db → chunk_scan_bwd_dc → assembly of ddA →
+//! chunk_cumsum_bwd`.
 
 use crate::array::{
     DeviceArray1, DeviceArray2, DeviceArray3, DeviceArray4, DeviceArray5, DeviceArrayD,
@@ -380,8 +381,14 @@ impl Gpu {
             inputs.d.as_ref(),
             seq,
         )?;
-        let dcb =
-            self.chunk_scan_bwd_dcb_lo(&inputs.x, &fwd.dt_bhcq, &fwd.dacs_bhcq, dlo, &dy, ng)?;
+        let (dcb, ipart) = self.dcb_ddacs_lo(
+            &inputs.x,
+            &fwd.dt_bhcq,
+            &fwd.dacs_bhcq,
+            dlo,
+            &dy,
+            &fwd.cb_bcgqq,
+        )?;
         let db = self.alloc_out(Ix4(nb, l, ng, nn))?;
         let dc = self.alloc_out(Ix4(nb, l, ng, nn))?;
         self.bmm_bwd_into(
@@ -412,14 +419,6 @@ impl Gpu {
             seq,
             &dc,
             true,
-        )?;
-        let ipart = self.ddacs_parts(
-            &inputs.x,
-            &fwd.dt_bhcq,
-            &fwd.dacs_bhcq,
-            dlo,
-            &dy,
-            &fwd.cb_bcgqq,
         )?;
         let dda = self.alloc_out(Ix4(nb, nh, nc, q))?;
         let adj = DeviceAAdjoint {

@@ -27,7 +27,7 @@ pub(crate) const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every `extern "C"` kernel of [`SOURCES`].
-pub(crate) const KERNELS: [&str; 27] = [
+pub(crate) const KERNELS: [&str; 29] = [
     "fill_f32_kernel",
     "fma_peak_kernel",
     "fill_hash_kernel",
@@ -45,6 +45,8 @@ pub(crate) const KERNELS: [&str; 27] = [
     "reduce_parts_kernel",
     "bwd_dcb_kernel",
     "bwd_ddacs_kernel",
+    "bwd_dcb_ddacs_kernel",
+    "dcb_sum_parts_kernel",
     "bmm_chunk_bwd_kernel",
     "assemble_dda_kernel",
     "chunk_cumsum_bwd_kernel",

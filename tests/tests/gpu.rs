@@ -773,6 +773,23 @@ fn check_backward_kernels(g: &Gpu, p0: &Problem<f64>, seed: u64) -> Result<(), T
         &intra_mag,
         GRADIENT_F32,
     )?;
+    // the one-pass form of the combined backward gives both
+    let (dcb_f, intra_f) = g
+        .chunk_scan_bwd_dcb_ddacs_stable(&x, &dt_r, &dacs_r, &dy_r, &cb_r)
+        .unwrap();
+    close(
+        "dcb_ddacs one pass: dCB",
+        &down(g, &dcb_f),
+        &dcb,
+        GRADIENT_F32,
+    )?;
+    close_mag(
+        "dcb_ddacs one pass: ddA_intra",
+        &down(g, &intra_f),
+        &intra,
+        &intra_mag,
+        GRADIENT_F32,
+    )?;
 
     // chunk_cumsum_bwd on a random total ddA (zero at padded positions, as every producer
     // leaves them)

@@ -357,6 +357,10 @@ pub fn breakdown(sh: &Shape, reps: usize) -> Result<Vec<(String, f64)>, SsdError
         g.chunk_scan_bwd_ddacs_stable(&inp.x, dt, dacs, &dy, &cb_full)
             .map(|_| ())
     })?;
+    t("dcb + ddacs_stable (one pass, combined)", &mut || {
+        g.chunk_scan_bwd_dcb_ddacs_stable(&inp.x, dt, dacs, &dy, &cb_full)
+            .map(|_| ())
+    })?;
     t("chunk_cumsum_bwd", &mut || {
         g.chunk_cumsum_bwd(&dda, &dda, &inp.dt, &inp.a, inp.dt_bias.as_ref(), &options)
             .map(|_| ())
