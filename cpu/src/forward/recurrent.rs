@@ -164,6 +164,7 @@ pub(crate) fn recurrent_core(
     };
     let (nn, pn) = (g.nn, g.np * g.nn);
     // the 16-lane register block where the CPU has AVX-512F: same bits (see `avx512`)
+    #[cfg(target_arch = "x86_64")]
     let wide16 = avx512_in_use();
     for_each_tile(par, tiles, scratch, |s, tile| {
         let Tile {
