@@ -375,6 +375,87 @@ extern "C" __global__ void __launch_bounds__(NT) reduce_parts_kernel(
     }
 }
 
+// P = dy_L x_Sᵀ over K = p for a 64 × 64 (l, s) tile (4 × 4 per thread): rows l0 + m and
+// s0 + n of dy and x (row stride rs, zero from len on). dcb, ddacs_stable and their one pass.
+__device__ __forceinline__ void dy_x_product(float (&acc)[4][4], GemmSmem<4, 4>& sm,
+                                             const float* dyb, const float* xb, i64 l0, i64 s0,
+                                             i64 len, i64 rs, i64 np) {
+    gemm_loop<4, 4, true, true>(
+        acc, sm, 0, np,
+        [&](int m, i64 k) -> float4 {  // dy[l, k .. + 4)
+            const i64 li = l0 + m;
+            return li < len ? ld4(dyb + li * rs, k, np) : f4_zero();
+        },
+        [&](int n, i64 k) -> float4 {  // x[s, k .. + 4)
+            const i64 si = s0 + n;
+            return si < len ? ld4(xb + si * rs, k, np) : f4_zero();
+        });
+}
+
+// Stores a thread's 4 × 4 outputs of the 64 × 64 tile (l0, s0) of a q × q matrix (inside it).
+__device__ __forceinline__ void store_qq_tile(float* ob, const float (&oacc)[4][4], i64 l0, i64 s0,
+                                              i64 q) {
+    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const i64 li = l0 + ty * 4 + i;
+        if (li >= q) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 si = s0 + tx * 4 + j;
+            if (si < q) ob[li * q + si] = oacc[i][j];
+        }
+    }
+}
+
+// The ddacs_stable sums of one (l tile L, s tile S) pair from W in Ws (rows l, columns s; zero
+// where s ≥ l or past the chunk): row prefixes, carried across the S tiles of L in carry[64],
+// then part[k] = Σ_{l ∈ L, l ≥ k} Σ_{s < k} W[l, s] for k = s0 + j + 1 ≤ kmax — sums of
+// products, never differences. Synchronises (before and after).
+__device__ __forceinline__ void ddacs_tile_sums(float (&Ws)[64][65], float* carry, float* pb,
+                                                i64 l0, i64 s0, i64 kmax) {
+    __syncthreads();
+    // row prefix: 4 threads per row, 16 columns each, then a 4-lane scan (fixed order)
+    {
+        const int r = threadIdx.x >> 2, seg = threadIdx.x & 3;
+        float run = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            run += Ws[r][seg * 16 + j];
+            Ws[r][seg * 16 + j] = run;
+        }
+        // exclusive offsets of the 4 segments of the row
+        float t1 = __shfl_up_sync(0xffffffffu, run, 1, 4);
+        float t2 = __shfl_up_sync(0xffffffffu, run, 2, 4);
+        float t3 = __shfl_up_sync(0xffffffffu, run, 3, 4);
+        float off = carry[r];
+        if (seg >= 1) off += t1;
+        if (seg >= 2) off += t2;
+        if (seg >= 3) off += t3;
+        // note: off = carry + Σ of earlier segments (added left to right from the nearest)
+#pragma unroll
+        for (int j = 0; j < 16; ++j) Ws[r][seg * 16 + j] += off;
+        __syncthreads();
+        if (seg == 3) carry[r] = Ws[r][63];
+    }
+    __syncthreads();
+    // column sums over rows l ≥ k, k = s0 + j + 1: 4 threads per column, 16 rows each
+    {
+        const int j = threadIdx.x >> 2, seg = threadIdx.x & 3;
+        const i64 k = s0 + j + 1;
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            const int r = seg * 16 + i;
+            if (l0 + r >= k) s += Ws[r][j];
+        }
+        s += __shfl_xor_sync(0xffffffffu, s, 1, 4);
+        s += __shfl_xor_sync(0xffffffffu, s, 2, 4);
+        if (seg == 0 && k <= kmax) pb[k] = s;
+    }
+    __syncthreads();
+}
+
 // chunk_scan_bwd_dcb: per (b, c, g), 64 × 64 tile (l, s):
 //   dCB[l, s] = Σ_{h in g} Σ_p dy[l, p] x[s, p] Δ_s exp(a_l − a_s)  for s ≤ l, else 0.
 extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
@@ -412,16 +493,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
             const float* xb = x + ((b * l + c0) * nh + h) * np;
             float acc[4][4];
             zero_acc(acc);
-            gemm_loop<4, 4, true, true>(
-                acc, sm, 0, np,
-                [&](int m, i64 k) -> float4 {  // dy[l, k .. + 4)
-                    const i64 li = l0 + m;
-                    return li < len ? ld4(dyb + li * nh * np, k, np) : f4_zero();
-                },
-                [&](int n, i64 k) -> float4 {  // x[s, k .. + 4)
-                    const i64 si = s0 + n;
-                    return si < len ? ld4(xb + si * nh * np, k, np) : f4_zero();
-                });
+            dy_x_product(acc, sm, dyb, xb, l0, s0, len, nh * np, np);
             if (np == 0) __syncthreads();
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -439,16 +511,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
             __syncthreads();
         }
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const i64 li = l0 + ty * 4 + i;
-        if (li >= q) continue;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const i64 si = s0 + tx * 4 + j;
-            if (si < q) ob[li * q + si] = oacc[i][j];
-        }
-    }
+    store_qq_tile(ob, oacc, l0, s0, q);
 }
 
 // chunk_scan_bwd_ddacs_stable: per (b, c, h) and 64-row tile L of l, over the s tiles S ≤ L:
@@ -501,16 +564,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
         }
         float acc[4][4];
         zero_acc(acc);
-        gemm_loop<4, 4, true, true>(
-            acc, sm, 0, np,
-            [&](int m, i64 k) -> float4 {  // dy[l, k .. + 4)
-                const i64 li = l0 + m;
-                return li < len ? ld4(dyb + li * nh * np, k, np) : f4_zero();
-            },
-            [&](int n, i64 k) -> float4 {  // x[s, k .. + 4)
-                const i64 si = s0 + n;
-                return si < len ? ld4(xb + si * nh * np, k, np) : f4_zero();
-            });
+        dy_x_product(acc, sm, dyb, xb, l0, s0, len, nh * np, np);
         if (np == 0) __syncthreads();
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -525,46 +579,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
                 Ws[ty * 4 + i][tx * 4 + j] = w;
             }
         }
-        __syncthreads();
-        // row prefix: 4 threads per row, 16 columns each, then a 4-lane scan (fixed order)
-        {
-            const int r = threadIdx.x >> 2, seg = threadIdx.x & 3;
-            float run = 0.0f;
-#pragma unroll
-            for (int j = 0; j < 16; ++j) {
-                run += Ws[r][seg * 16 + j];
-                Ws[r][seg * 16 + j] = run;
-            }
-            // exclusive offsets of the 4 segments of the row
-            float t1 = __shfl_up_sync(0xffffffffu, run, 1, 4);
-            float t2 = __shfl_up_sync(0xffffffffu, run, 2, 4);
-            float t3 = __shfl_up_sync(0xffffffffu, run, 3, 4);
-            float off = carry[r];
-            if (seg >= 1) off += t1;
-            if (seg >= 2) off += t2;
-            if (seg >= 3) off += t3;
-            // note: off = carry + Σ of earlier segments (added left to right from the nearest)
-#pragma unroll
-            for (int j = 0; j < 16; ++j) Ws[r][seg * 16 + j] += off;
-            __syncthreads();
-            if (seg == 3) carry[r] = Ws[r][63];
-        }
-        __syncthreads();
-        // column sums over rows l ≥ k, k = s0 + j + 1: 4 threads per column, 16 rows each
-        {
-            const int j = threadIdx.x >> 2, seg = threadIdx.x & 3;
-            const i64 k = s0 + j + 1;
-            float s = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 16; ++i) {
-                const int r = seg * 16 + i;
-                if (l0 + r >= k) s += Ws[r][j];
-            }
-            s += __shfl_xor_sync(0xffffffffu, s, 1, 4);
-            s += __shfl_xor_sync(0xffffffffu, s, 2, 4);
-            if (seg == 0 && k <= kmax) pb[k] = s;
-        }
-        __syncthreads();
+        ddacs_tile_sums(Ws, carry, pb, l0, s0, kmax);
     }
 }
 
@@ -633,16 +648,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_ddacs_kernel(
                 const float* xb = x + ((b * l + c0) * nh + h) * np;
                 float acc[4][4];
                 zero_acc(acc);
-                gemm_loop<4, 4, true, true>(
-                    acc, sm, 0, np,
-                    [&](int m, i64 k) -> float4 {  // dy[l, k .. + 4)
-                        const i64 li = l0 + m;
-                        return li < len ? ld4(dyb + li * nh * np, k, np) : f4_zero();
-                    },
-                    [&](int n, i64 k) -> float4 {  // x[s, k .. + 4)
-                        const i64 si = s0 + n;
-                        return si < len ? ld4(xb + si * nh * np, k, np) : f4_zero();
-                    });
+                dy_x_product(acc, sm, dyb, xb, l0, s0, len, nh * np, np);
                 if (np == 0) __syncthreads();
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
@@ -660,56 +666,10 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_ddacs_kernel(
                         Ws[ty * 4 + i][tx * 4 + j] = w;
                     }
                 }
-                __syncthreads();
-                // row prefix: 4 threads per row, 16 columns each, then a 4-lane scan (fixed order)
-                {
-                    const int r = tid >> 2, seg = tid & 3;
-                    float run = 0.0f;
-#pragma unroll
-                    for (int j = 0; j < 16; ++j) {
-                        run += Ws[r][seg * 16 + j];
-                        Ws[r][seg * 16 + j] = run;
-                    }
-                    float t1 = __shfl_up_sync(0xffffffffu, run, 1, 4);
-                    float t2 = __shfl_up_sync(0xffffffffu, run, 2, 4);
-                    float t3 = __shfl_up_sync(0xffffffffu, run, 3, 4);
-                    float off = carry[hh][r];
-                    if (seg >= 1) off += t1;
-                    if (seg >= 2) off += t2;
-                    if (seg >= 3) off += t3;
-#pragma unroll
-                    for (int j = 0; j < 16; ++j) Ws[r][seg * 16 + j] += off;
-                    __syncthreads();
-                    if (seg == 3) carry[hh][r] = Ws[r][63];
-                }
-                __syncthreads();
-                // column sums over rows l ≥ k, k = s0 + j + 1: 4 threads per column, 16 rows each
-                {
-                    const int j = tid >> 2, seg = tid & 3;
-                    const i64 k = s0 + j + 1;
-                    float sum = 0.0f;
-#pragma unroll
-                    for (int i = 0; i < 16; ++i) {
-                        const int r = seg * 16 + i;
-                        if (l0 + r >= k) sum += Ws[r][j];
-                    }
-                    sum += __shfl_xor_sync(0xffffffffu, sum, 1, 4);
-                    sum += __shfl_xor_sync(0xffffffffu, sum, 2, 4);
-                    if (seg == 0 && k <= kmax) pb[k] = sum;
-                }
-                __syncthreads();
+                ddacs_tile_sums(Ws, carry[hh], pb, l0, s0, kmax);
             }
         }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const i64 li = l0 + ty * 4 + i;
-            if (li >= q) continue;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const i64 si = s0 + tx * 4 + j;
-                if (si < q) ob[li * q + si] = oacc[i][j];
-            }
-        }
+        store_qq_tile(ob, oacc, l0, s0, q);
     }
 }
 

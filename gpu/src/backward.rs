@@ -738,13 +738,8 @@ impl Gpu {
         dy_blhp: &DeviceArray4,
         cb_bcgqq: &DeviceArray5,
     ) -> Result<DeviceArray4, SsdError> {
-        let (nb, l, nh, np) = x_blhp.dim();
-        let (nc, q) = check_bhcq("dt", dt_bhcq.shape(), nb, nh, l)?;
-        check_shape("dA_cumsum", dt_bhcq.shape(), dacs_bhcq.shape())?;
-        check_shape("dy", &[nb, l, nh, np], dy_blhp.shape())?;
-        let ng = cb_bcgqq.shape()[2];
-        check_groups(nh, ng)?;
-        check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
+        let (nb, l, nh, _) = x_blhp.dim();
+        let (nc, q) = check_intra_args(x_blhp, dt_bhcq, dacs_bhcq, dy_blhp, cb_bcgqq)?;
         let part = self.ddacs_parts(x_blhp, dt_bhcq, dacs_bhcq, None, dy_blhp, cb_bcgqq)?;
         self.reduce_parts(&part, (nb, nh, nc, q), 0, l)
     }
@@ -761,13 +756,8 @@ impl Gpu {
         dy_blhp: &DeviceArray4,
         cb_bcgqq: &DeviceArray5,
     ) -> Result<(DeviceArray5, DeviceArray4), SsdError> {
-        let (nb, l, nh, np) = x_blhp.dim();
-        let (nc, q) = check_bhcq("dt", dt_bhcq.shape(), nb, nh, l)?;
-        check_shape("dA_cumsum", dt_bhcq.shape(), dacs_bhcq.shape())?;
-        check_shape("dy", &[nb, l, nh, np], dy_blhp.shape())?;
-        let ng = cb_bcgqq.shape()[2];
-        check_groups(nh, ng)?;
-        check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
+        let (nb, l, nh, _) = x_blhp.dim();
+        let (nc, q) = check_intra_args(x_blhp, dt_bhcq, dacs_bhcq, dy_blhp, cb_bcgqq)?;
         let (dcb, part) = self.dcb_ddacs_lo(x_blhp, dt_bhcq, dacs_bhcq, None, dy_blhp, cb_bcgqq)?;
         Ok((dcb, self.reduce_parts(&part, (nb, nh, nc, q), 0, l)?))
     }
@@ -830,4 +820,24 @@ impl Gpu {
         )?;
         Ok((ddt, da, dbias))
     }
+}
+
+/// The argument checks of `chunk_scan_bwd_ddacs_stable` (and of its one pass with dcb): `dt`
+/// and `dA_cumsum` (b, h, c, Q) for `x`'s (b, l, h), `dy` as `x`, `CB` (b, c, g, Q, Q) with g
+/// dividing h. Returns `(c, Q)`.
+fn check_intra_args(
+    x_blhp: &DeviceArray4,
+    dt_bhcq: &DeviceArray4,
+    dacs_bhcq: &DeviceArray4,
+    dy_blhp: &DeviceArray4,
+    cb_bcgqq: &DeviceArray5,
+) -> Result<(usize, usize), SsdError> {
+    let (nb, l, nh, np) = x_blhp.dim();
+    let (nc, q) = check_bhcq("dt", dt_bhcq.shape(), nb, nh, l)?;
+    check_shape("dA_cumsum", dt_bhcq.shape(), dacs_bhcq.shape())?;
+    check_shape("dy", &[nb, l, nh, np], dy_blhp.shape())?;
+    let ng = cb_bcgqq.shape()[2];
+    check_groups(nh, ng)?;
+    check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
+    Ok((nc, q))
 }
