@@ -5,7 +5,8 @@
 
 // chunk_scan_bwd_dz: one thread per column (h, p) of a run of `rows_per` rows (b·l):
 // dy = dout ⊙ silu(z) (dout without z), dz = dout ⊙ y ⊙ σ(z)(1 + z(1 − σ(z))),
-// dD partial = Σ_rows dy ⊙ x  → part[row_chunk, h·p].
+// dD partial = Σ_rows dy ⊙ x  → part[row_chunk, h·p]. `dy` null: not stored (without z the
+// combined backward uses dout itself).
 extern "C" __global__ void __launch_bounds__(NT) bwd_dz_kernel(
     const float* __restrict__ dout, const float* __restrict__ x, const float* __restrict__ y,
     const float* __restrict__ z, float* __restrict__ dy, float* __restrict__ dz,
@@ -28,7 +29,7 @@ extern "C" __global__ void __launch_bounds__(NT) bwd_dz_kernel(
             dyv = g * (zv * sg);
             dz[o] = g * y[o] * (sg * (1.0f + zv * (1.0f - sg)));
         }
-        dy[o] = dyv;
+        if (dy) dy[o] = dyv;
         if (dd_part) acc = fmaf(dyv, x[o], acc);
     }
     if (dd_part) dd_part[rc * hp + j] = acc;

@@ -110,6 +110,8 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_kernel(
     const i64 e = eb * NT + threadIdx.x;
     if (e >= pn) return;
     float H = init ? init[(b * nh + h) * pn + e] : 0.0f;
+    // unrolled so that the loads of several chunks (independent of H) are in flight together
+#pragma unroll 4
     for (i64 c = 0; c < nc; ++c) {
         const i64 o = ((b * nc + c) * nh + h) * pn + e;
         prev[o] = H;
@@ -122,24 +124,26 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_kernel(
 }
 
 // bmm_chunk [_bmm_chunk_fwd]: CB[i, j] = C_i · B_j per (b, c, g); 0 across ids and at padding.
-// Tile 64 × 64, K = n. With `causal`, tiles strictly above the diagonal are skipped (left
-// unwritten: the combined op never reads them).
-extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_kernel(
+// Tile 64 (i) × 128 (j), 128 threads of 8 × 8 (as chunk_state_kernel), K = n. With `causal`,
+// tiles entirely above the diagonal are skipped (left unwritten: the combined op never reads
+// them).
+extern "C" __global__ void __launch_bounds__(NT8, 3) bmm_chunk_kernel(
     const float* __restrict__ C, const float* __restrict__ B, const int* __restrict__ seq,
     float* __restrict__ cb, i64 nb, i64 l, i64 ng, i64 nn, i64 q, i64 nc, int causal) {
-    __shared__ GemmSmem<4, 4> sm;
-    const i64 tq = (q + 63) / 64;
+    constexpr int TM = 8, TN = 8, NTH = NT8, BM = NTH / 16 * TM, BN = 16 * TN;
+    __shared__ GemmSmem<TM, TN, NTH> sm;
+    const i64 ti = (q + BM - 1) / BM, tj = (q + BN - 1) / BN;
     BlockIdx bi;
-    const i64 jt = bi.next(tq), it = bi.next(tq), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
-    if (causal && jt > it) return;
+    const i64 jt = bi.next(tj), it = bi.next(ti), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
+    const i64 i0 = it * BM, j0 = jt * BN;
+    if (causal && j0 > i0 + BM - 1) return;
     const i64 c0 = c * q;
     const i64 len = min(q, l - c0);
-    const i64 i0 = it * 64, j0 = jt * 64;
     const float* Cb = C + ((b * l + c0) * ng + g) * nn;
     const float* Bb = B + ((b * l + c0) * ng + g) * nn;
-    float acc[4][4];
+    float acc[TM][TN];
     zero_acc(acc);
-    gemm_loop<4, 4, true, true>(
+    gemm_loop<TM, TN, true, true, NTH>(
         acc, sm, 0, nn,
         [&](int m, i64 k) -> float4 {  // C[i, k .. + 4)
             const i64 i = i0 + m;
@@ -149,16 +153,15 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bmm_chunk_kernel(
             const i64 j = j0 + n;
             return j < len ? ld4(Bb + j * ng * nn, k, nn) : f4_zero();
         });
-    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
     float* ob = cb + ((b * nc + c) * ng + g) * q * q;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const i64 ii = i0 + ty * 4 + i;
+    for (int i = 0; i < TM; ++i) {
+        const i64 ii = i0 + tile_row(TM, i);
         if (ii >= q) continue;
         const int idi = ii < len ? seq_at(seq, l, b, c0 + ii) : 0;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const i64 jj = j0 + tx * 4 + j;
+        for (int j = 0; j < TN; ++j) {
+            const i64 jj = j0 + tile_col(j);
             if (jj >= q) continue;
             float v = 0.0f;
             if (ii < len && jj < len && idi == seq_at(seq, l, b, c0 + jj)) v = acc[i][j];

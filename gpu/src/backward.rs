@@ -105,6 +105,30 @@ impl Gpu {
         z_blhp: Option<&DeviceArray4>,
         d: Option<&DeviceArrayD>,
     ) -> Result<(DeviceArray4, Option<DeviceArray4>, Option<DeviceArrayD>), SsdError> {
+        let (dy, dz, dd) = self.bwd_dz_lo(dout_blhp, x_blhp, y_blhp, z_blhp, d, true)?;
+        let dy = dy.expect("dy is stored when asked for");
+        Ok((dy, dz, dd))
+    }
+
+    /// [`chunk_scan_bwd_dz`](Self::chunk_scan_bwd_dz), storing `dy` only when `store_dy` or
+    /// `z` is given (without `z`, `dy = dout` and the combined backward reads `dout`; that
+    /// saves a write and a read of (b, l, h, p) floats).
+    pub(crate) fn bwd_dz_lo(
+        &self,
+        dout_blhp: &DeviceArray4,
+        x_blhp: &DeviceArray4,
+        y_blhp: Option<&DeviceArray4>,
+        z_blhp: Option<&DeviceArray4>,
+        d: Option<&DeviceArrayD>,
+        store_dy: bool,
+    ) -> Result<
+        (
+            Option<DeviceArray4>,
+            Option<DeviceArray4>,
+            Option<DeviceArrayD>,
+        ),
+        SsdError,
+    > {
         let (nb, l, nh, np) = x_blhp.dim();
         check_shape("dout", &[nb, l, nh, np], dout_blhp.shape())?;
         if let Some(z) = z_blhp {
@@ -126,7 +150,11 @@ impl Gpu {
         let rows = nb * l;
         let hp = nh * np;
         let nrc = rows.div_ceil(ROWS_PER);
-        let dy = self.alloc_out(Ix4(nb, l, nh, np))?;
+        let dy = if store_dy || z_blhp.is_some() {
+            Some(self.alloc_out(Ix4(nb, l, nh, np))?)
+        } else {
+            None
+        };
         let dz = match z_blhp {
             Some(_) => Some(self.alloc_out(Ix4(nb, l, nh, np))?),
             None => None,
@@ -139,6 +167,9 @@ impl Gpu {
             if let Some(p) = &part {
                 self.fill(p, 0.0)?;
             }
+        }
+        if dy.is_none() && part.is_none() {
+            return Ok((None, None, None));
         }
         self.launch(
             "bwd_dz_kernel",
@@ -153,7 +184,7 @@ impl Gpu {
                     Arg::Null
                 },
                 opt_arg(z_blhp),
-                dy.arg(),
+                opt_arg(dy.as_ref()),
                 opt_arg(dz.as_ref()),
                 opt_arg(part.as_ref()),
                 i(rows),

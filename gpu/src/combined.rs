@@ -350,15 +350,18 @@ impl Gpu {
         let nc = l.div_ceil(q);
         check_shape("dt", &[nb, nh, nc, q], fwd.dt_bhcq.shape())?;
         let seq = inputs.seq_idx.as_ref();
-        let (dy, dz, dd) = self.chunk_scan_bwd_dz(
+        let (dy_stored, dz, dd) = self.bwd_dz_lo(
             dout,
             &inputs.x,
             fwd.y.as_ref(),
             inputs.z.as_ref(),
             inputs.d.as_ref(),
+            false,
         )?;
+        // without z, dy = dout
+        let dy = dy_stored.as_ref().unwrap_or(dout);
         let dlo = Some(&fwd.dacs_lo_bhcq);
-        let dprev = self.chunk_scan_bwd_dstates_lo(&inputs.c, &dy, &fwd.dacs_bhcq, dlo, seq)?;
+        let dprev = self.chunk_scan_bwd_dstates_lo(&inputs.c, dy, &fwd.dacs_bhcq, dlo, seq)?;
         let (dstates, dinit, dda_chunk) = self.state_passing_bwd_lo(
             &fwd.prev_states_bchpn,
             &fwd.dacs_bhcq,
@@ -376,7 +379,7 @@ impl Gpu {
             dlo,
             &inputs.b,
             &fwd.cb_bcgqq,
-            &dy,
+            dy,
             &dstates,
             inputs.d.as_ref(),
             seq,
@@ -386,7 +389,7 @@ impl Gpu {
             &fwd.dt_bhcq,
             &fwd.dacs_bhcq,
             dlo,
-            &dy,
+            dy,
             &fwd.cb_bcgqq,
         )?;
         let db = self.alloc_out(Ix4(nb, l, ng, nn))?;
@@ -410,7 +413,7 @@ impl Gpu {
         drop(dstates);
         let vpart = self.dbc(
             1,
-            &dy,
+            dy,
             &fwd.prev_states_bchpn,
             &inputs.c,
             &fwd.dacs_bhcq,

@@ -9,7 +9,7 @@
 //! | `chunk_cumsum` | `chunk_cumsum_kernel` | block per (b, h, c), block-parallel scan |
 //! | `chunk_state` | `chunk_state_kernel` | 64 × 128 (p, n) tiles (128 threads) per (b, c, h), K = tokens |
 //! | `state_passing` | `state_passing_kernel` | thread per (b, h, p·n), sequential over chunks |
-//! | `bmm_chunk` | `bmm_chunk_kernel` | 64 × 64 (l, s) tiles per (b, c, g), K = n |
+//! | `bmm_chunk` | `bmm_chunk_kernel` | 64 × 128 (l, s) tiles (128 threads) per (b, c, g), K = n |
 //! | `chunk_scan` | `chunk_scan_kernel` | 128 × 64 (l, p) tiles per (b, c, h), K = n then s ≤ l |
 
 use crate::array::{
@@ -284,8 +284,8 @@ impl Gpu {
         let cb = self.alloc_out(ndarray::Ix5(nb, nc, ng, q, q))?;
         self.launch(
             "bmm_chunk_kernel",
-            tiles(q) * tiles(q) * (ng * nc * nb) as u64,
-            NT,
+            tiles(q) * tiles128(q) * (ng * nc * nb) as u64,
+            NT8,
             &[
                 c_blgn.arg(),
                 b_blgn.arg(),
