@@ -122,7 +122,7 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_reduce_kernel
 //   warp's 16 lanes by shuffles; the p tiles' sums added in order in shared memory, so no dot
 //   stays in registers across the products, where registers are short).
 // Whole aligned tiles without seq_idx take the fast loader form (as chunk_scan_kernel).
-extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
     const float* __restrict__ dlo, const float* __restrict__ B, const float* __restrict__ cb,
     const float* __restrict__ dy,
@@ -243,7 +243,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dx_kernel(
 // mode 0: X = x, M = dS, Y = B, w = [id = id_last] Δ exp(a_last − a)   (U → ddA_next)
 // mode 1: X = dy, M = P, Y = C, w = [id = id_prev] exp(a)               (V = ddacs_prev)
 // `accumulate`: out += instead of out =.
-extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dbc_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
     int mode, const float* __restrict__ X, const float* __restrict__ M, const float* __restrict__ Y,
     const float* __restrict__ dt, const float* __restrict__ dacs, const float* __restrict__ dlo,
     const int* __restrict__ seq, float* __restrict__ out, float* __restrict__ part, int accumulate, i64 nb, i64 l, i64 nh, i64 np,
@@ -594,7 +594,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
 // dCB of the range goes to out slice `hs` ((nsplit, b, c, g, q, q)), summed over the slices by
 // dcb_sum_parts_kernel; with nsplit = 1 straight into dCB, the tiles above the diagonal zeroed.
 #define DDC_MAXH 16
-extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_ddacs_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dcb_ddacs_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
     const float* __restrict__ dlo, const float* __restrict__ dy, const float* __restrict__ cb,
     float* __restrict__ dcb_out, float* __restrict__ part, i64 nb, i64 l, i64 nh, i64 np, i64 ng,
