@@ -174,7 +174,7 @@ extern "C" __global__ void __launch_bounds__(NT8, 3) bmm_chunk_kernel(
 // (8 × 4 per thread):
 //   y_l = [id_l = id_prev] exp(a_l) C_l · P_c + Σ_{s≤l} CB[l, s] exp(a_l − a_s) Δ_s x_s + D x_l
 //   out = y ⊙ silu(z) when z (and y is stored as well).
-extern "C" __global__ void __launch_bounds__(NT, 2) chunk_scan_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     const float* __restrict__ cb, const float* __restrict__ x, const float* __restrict__ dt,
     const float* __restrict__ dacs, const float* __restrict__ dlo, const float* __restrict__ C,
     const float* __restrict__ P,
