@@ -13,7 +13,7 @@
 //! Problem: upstream's Mamba-2 call — `D` (h), `dt_bias`, softplus, no `z`, no initial states,
 //! no `seq_idx` — with x and dout drawn on the device, the rest like upstream's values. Times:
 //! CUDA events around each call on device-resident inputs (outputs and intermediates are
-//! allocated inside the timed call, from the stream-ordered pool), 3 warm-up calls, median of
+//! allocated inside the timed call, from the stream-ordered pool), ≥ 100 ms of warm-up calls, median of
 //! `reps`. The decode row times 100 back-to-back steps per rep and reports one step.
 
 use super::{median, triton_ms, BenchRow, Shape, TRITON_DECODE_G1_MS};
@@ -66,15 +66,26 @@ fn copy_gbps(gpu: &Gpu, reps: usize) -> Result<f64, SsdError> {
 }
 
 /// Median over `reps` of the event-timed duration of `k` back-to-back calls, per call, ms
-/// (after 3 warm-up calls).
+/// (after warm-up calls: at least 3 and at least 100 ms of them, so that the clocks have
+/// left an idle state whatever ran before; without it the first row of a run read up to 20%
+/// high).
 fn time_ms(
     gpu: &Gpu,
     reps: usize,
     k: usize,
     mut f: impl FnMut() -> Result<(), SsdError>,
 ) -> Result<f64, SsdError> {
-    for _ in 0..3 {
-        f()?;
+    let w0 = gpu.record_event()?;
+    let mut calls = 0;
+    loop {
+        for _ in 0..3 {
+            f()?;
+        }
+        calls += 3;
+        let w1 = gpu.record_event()?;
+        if w0.elapsed_ms(&w1)? >= 100.0 || calls >= 3000 {
+            break;
+        }
     }
     gpu.synchronize()?;
     let mut t = Vec::with_capacity(reps);
