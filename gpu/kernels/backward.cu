@@ -393,9 +393,10 @@ __device__ __forceinline__ void dy_x_product(float (&acc)[4][4], GemmSmem<4, 4>&
         });
 }
 
-// Stores a thread's 4 × 4 outputs of the 64 × 64 tile (l0, s0) of a q × q matrix (inside it).
+// Stores (or with `add` adds) a thread's 4 × 4 outputs of the 64 × 64 tile (l0, s0) of a q × q
+// matrix (inside it).
 __device__ __forceinline__ void store_qq_tile(float* ob, const float (&oacc)[4][4], i64 l0, i64 s0,
-                                              i64 q) {
+                                              i64 q, bool add) {
     const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -404,7 +405,7 @@ __device__ __forceinline__ void store_qq_tile(float* ob, const float (&oacc)[4][
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const i64 si = s0 + tx * 4 + j;
-            if (si < q) ob[li * q + si] = oacc[i][j];
+            if (si < q) ob[li * q + si] = add ? ob[li * q + si] + oacc[i][j] : oacc[i][j];
         }
     }
 }
@@ -512,7 +513,7 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_dcb_kernel(
             __syncthreads();
         }
     }
-    store_qq_tile(ob, oacc, l0, s0, q);
+    store_qq_tile(ob, oacc, l0, s0, q, false);
 }
 
 // chunk_scan_bwd_ddacs_stable: per (b, c, h) and 64-row tile L of l, over the s tiles S ≤ L:
@@ -591,21 +592,23 @@ extern "C" __global__ void __launch_bounds__(NT, 2) bwd_ddacs_kernel(
 //   dCB[l, s] += P[l, s] · Δ_s exp(a_l − a_s)           (s ≤ l, as bwd_dcb_kernel)
 //   W[l, s] = P[l, s] Δ_s CB[l, s] exp(a_l − a_s)        (s < l) → the ddacs partials exactly as
 //   bwd_ddacs_kernel (row prefixes carried across S per head, column sums over l ≥ k).
-// dCB of the range goes to out slice `hs` ((nsplit, b, c, g, q, q)), summed over the slices by
-// dcb_sum_parts_kernel; with nsplit = 1 straight into dCB, the tiles above the diagonal zeroed.
+// Ranges hs0 .. hs0 + ngrid. Not `direct`: dCB of range hs goes to slice hs ((ranges, b, c, g,
+// q, q)), summed over the slices in order by dcb_sum_parts_kernel. `direct`: into dCB itself,
+// the tiles above the diagonal zeroed, or with `accumulate` added to it on and below the
+// diagonal (one launch per range, in order: the same sums as the slices).
 #define DDC_MAXH 16
 extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dcb_ddacs_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
     const float* __restrict__ dlo, const float* __restrict__ dy, const float* __restrict__ cb,
     float* __restrict__ dcb_out, float* __restrict__ part, i64 nb, i64 l, i64 nh, i64 np, i64 ng,
-    i64 q, i64 nc, i64 nsplit, i64 hper) {
+    i64 q, i64 nc, i64 ngrid, i64 hs0, i64 hper, int direct, int accumulate) {
     __shared__ GemmSmem<4, 4> sm;
     __shared__ float Ws[64][65];
     __shared__ float dlr[64], dsc[64], dlrl[64], dscl[64], dts[64];
     __shared__ float carry[DDC_MAXH][64];
     const i64 tq = (q + 63) / 64;
     BlockIdx bi;
-    const i64 hs = bi.next(nsplit), g = bi.next(ng), c = bi.next(nc), b = bi.next(nb);
+    const i64 hs = hs0 + bi.next(ngrid), g = bi.next(ng), c = bi.next(nc), b = bi.next(nb);
     const i64 lt = tq - 1 - bi.rest;  // the rows with the most s tiles are launched first
     const i64 hpg = nh / ng;
     const i64 h0 = g * hpg + hs * hper;
@@ -614,7 +617,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dcb_ddacs_kernel(
     const i64 len = min(q, l - c0);
     const i64 l0 = lt * 64;
     const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
-    float* ob = dcb_out + (((hs * nb + b) * nc + c) * ng + g) * q * q;
+    float* ob = dcb_out + ((((direct ? 0 : hs) * nb + b) * nc + c) * ng + g) * q * q;
     const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
     const i64 kmax = (l0 < len) ? min(q - 1, l0 + 63) : 0;
     for (i64 hh = 0; hh < nhr; ++hh) {
@@ -623,8 +626,8 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dcb_ddacs_kernel(
             if (k == 0 || k > kmax) pb[k] = 0.0f;
     }
     // dCB tiles of this row: computed for S ≤ L (all zero when L is past the chunk's end);
-    // above the diagonal zero, written here only when there is no summing pass
-    const i64 st_end = (nsplit == 1) ? tq : lt + 1;
+    // above the diagonal zero, written here only when writing dCB itself, first
+    const i64 st_end = (direct && !accumulate) ? tq : lt + 1;
     for (i64 st = 0; st < st_end; ++st) {
         const i64 s0 = st * 64;
         float oacc[4][4];
@@ -670,7 +673,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dcb_ddacs_kernel(
                 ddacs_tile_sums(Ws, carry[hh], pb, l0, s0, kmax);
             }
         }
-        store_qq_tile(ob, oacc, l0, s0, q);
+        store_qq_tile(ob, oacc, l0, s0, q, accumulate);
     }
 }
 

@@ -692,8 +692,10 @@ impl Gpu {
     /// (`bwd_dcb_ddacs_kernel`): both are built on `⟨dy_l, x_s⟩` per head, formed once here.
     /// Returns `(dCB (b, c, g, Q, Q), ddacs partials (b·h·c, l tiles, Q))`. The group's heads
     /// are split into ranges of at most 16 so that there are about 1024 blocks (a count that
-    /// depends on the shape only, so the bits do not depend on the device); with more than one
-    /// range, `dCB` is summed over them in order by `dcb_sum_parts_kernel`.
+    /// depends on the shape only, so the bits do not depend on the device). When the (b, c, g,
+    /// l tile) blocks alone are that many, the ranges run in turn, each added into `dCB`;
+    /// otherwise in one launch into slices that `dcb_sum_parts_kernel` sums in order (the same
+    /// sums either way).
     pub(crate) fn dcb_ddacs_lo(
         &self,
         x_blhp: &DeviceArray4,
@@ -718,23 +720,15 @@ impl Gpu {
         let nsplit = hpg.div_ceil(hper).max(1);
         let part = self.alloc_out(Ix3(nb * nh * nc, tq, q))?;
         let dcb = self.alloc_out(Ix5(nb, nc, ng, q, q))?;
-        let slices = if nsplit > 1 {
-            Some(self.alloc_out(Ix5(nsplit * nb, nc, ng, q, q))?)
-        } else {
-            None
-        };
-        self.launch(
-            "bwd_dcb_ddacs_kernel",
-            (nsplit * ng * nc * nb * tq) as u64,
-            NT,
-            &[
+        let args = |out, ngrid: usize, hs0: usize, direct: bool, accumulate: bool| {
+            [
                 x_blhp.arg(),
                 dt_bhcq.arg(),
                 dacs_bhcq.arg(),
                 opt_arg(dlo),
                 dy_blhp.arg(),
                 cb_bcgqq.arg(),
-                slices.as_ref().unwrap_or(&dcb).arg(),
+                out,
                 part.arg(),
                 i(nb),
                 i(l),
@@ -743,11 +737,32 @@ impl Gpu {
                 i(ng),
                 i(q),
                 i(nc),
-                i(nsplit),
+                i(ngrid),
+                i(hs0),
                 i(hper),
-            ],
-        )?;
-        if let Some(slices) = &slices {
+                Arg::I32(direct as i32),
+                Arg::I32(accumulate as i32),
+            ]
+        };
+        if nsplit == 1 || base >= TARGET_BLOCKS {
+            // enough blocks per range: the ranges in turn, each added into dCB (no slices, whose
+            // memory would be nsplit × dCB on long sequences)
+            for hs in 0..nsplit {
+                self.launch(
+                    "bwd_dcb_ddacs_kernel",
+                    base as u64,
+                    NT,
+                    &args(dcb.arg(), 1, hs, true, hs > 0),
+                )?;
+            }
+        } else {
+            let slices = self.alloc_out(Ix5(nsplit * nb, nc, ng, q, q))?;
+            self.launch(
+                "bwd_dcb_ddacs_kernel",
+                (nsplit * base) as u64,
+                NT,
+                &args(slices.arg(), nsplit, 0, false, false),
+            )?;
             let n = nb * nc * ng * q * q;
             self.launch(
                 "dcb_sum_parts_kernel",

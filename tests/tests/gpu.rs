@@ -1076,7 +1076,9 @@ fn combined_every_option_chunk_size_and_seq_idx() {
 }
 
 /// Shapes that use several 64-wide tiles along every axis (p 80, n 128, Q 256, ragged chunks),
-/// forward and backward against the reference.
+/// forward and backward against the reference; the last has over 1024 (b, c, g, l tile) blocks
+/// and 20 heads per group, so the dcb + ddacs one pass runs its head ranges in turn, adding
+/// into dCB (the drawn problems take the summed-slices path).
 #[test]
 fn combined_multi_tile_shapes() {
     let Some(g) = gpu() else { return };
@@ -1084,6 +1086,7 @@ fn combined_multi_tile_shapes() {
         (1, 600, 4, 64, 2, 128, 256),
         (2, 333, 2, 80, 1, 72, 128),
         (1, 130, 3, 100, 3, 130, 100),
+        (1, 16390, 20, 4, 1, 4, 16),
     ]
     .into_iter()
     .enumerate()
