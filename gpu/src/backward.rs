@@ -25,7 +25,7 @@ use crate::array::{
 use crate::device::{opt_arg, Arg, Gpu, NT, NT8};
 use crate::forward::{check_d_shape, check_seq, i, tiles, tiles128};
 use ndarray::{Ix1, Ix2, Ix3, Ix4, Ix5, IxDyn};
-use ssd_reference::chunking::{check_bhcq, check_cumsum_args};
+use ssd_reference::chunking::{check_bhcq, check_cumsum_bwd_args};
 use ssd_reference::validate::{check_groups, check_shape};
 use ssd_reference::{Options, SsdError};
 
@@ -820,15 +820,16 @@ impl Gpu {
         options: &Options,
     ) -> Result<(DeviceArray3, DeviceArray1, Option<DeviceArray1>), SsdError> {
         let (nb, l, nh) = dt_blh.dim();
-        let (nc, q) = check_cumsum_args(
-            nh,
+        let (nc, q) = check_cumsum_bwd_args(
+            nb,
             l,
+            nh,
             a_h.shape(),
             dt_bias_h.as_ref().map(|v| v.shape()),
+            dda_bhcq.shape(),
+            ddt_direct_bhcq.shape(),
             options,
         )?;
-        check_shape("ddA", &[nb, nh, nc, q], dda_bhcq.shape())?;
-        check_shape("ddt_direct", &[nb, nh, nc, q], ddt_direct_bhcq.shape())?;
         let ddt = self.alloc_out(Ix3(nb, l, nh))?;
         let part = self.alloc_out(Ix1(nb * nh * 2))?;
         let da = self.alloc_out(Ix1(nh))?;

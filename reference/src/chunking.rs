@@ -65,6 +65,25 @@ pub fn check_cumsum_args(
     Ok((l.div_ceil(q), q))
 }
 
+/// The checks of `chunk_cumsum_bwd` (every backend): those of [`check_cumsum_args`], then
+/// `ddA` and `ddt` (the direct part) both (b, h, c, Q) for `dt`'s (b, l, h). Returns `(nc, q)`.
+pub fn check_cumsum_bwd_args(
+    nb: usize,
+    l: usize,
+    nh: usize,
+    a_shape: &[usize],
+    dt_bias_shape: Option<&[usize]>,
+    dda_shape: &[usize],
+    ddt_direct_shape: &[usize],
+    options: &crate::Options,
+) -> Result<(usize, usize), crate::SsdError> {
+    let (nc, q) = check_cumsum_args(nh, l, a_shape, dt_bias_shape, options)?;
+    crate::validate::check_shape("ddA", &[nb, nh, nc, q], dda_shape)?;
+    check_bhcq("ddt", ddt_direct_shape, nb, nh, l)?;
+    crate::validate::check_shape("ddt", &[nb, nh, nc, q], ddt_direct_shape)?;
+    Ok((nc, q))
+}
+
 /// Reads `(nc, q)` off a (b, h, c, Q) tensor and checks it against `(b, h, l)`.
 pub fn check_bhcq(
     tensor: &'static str,

@@ -13,8 +13,7 @@ use crate::forward::{flat, Geom};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::SsdError;
 use ndarray::{Array1, Array3, ArrayView1, ArrayView3, ArrayView4};
-use ssd_reference::chunking::{check_bhcq, check_cumsum_args};
-use ssd_reference::validate::check_shape;
+use ssd_reference::chunking::check_cumsum_bwd_args;
 use ssd_reference::Options;
 
 /// `(Δ, ∂Δ/∂u)` of `u = dt + bias`: `ssd_reference::process_dt` and `process_dt_grad` in one.
@@ -107,16 +106,16 @@ pub fn chunk_cumsum_bwd(
     par: Par,
 ) -> Result<(Array3<f32>, Array1<f32>, Option<Array1<f32>>), SsdError> {
     let (nb, l, nh) = dt_blh.dim();
-    let (nc, q) = check_cumsum_args(
-        nh,
+    let (nc, q) = check_cumsum_bwd_args(
+        nb,
         l,
+        nh,
         a_h.shape(),
         dt_bias_h.as_ref().map(|v| v.shape()),
+        dda_bhcq.shape(),
+        ddt_direct_bhcq.shape(),
         options,
     )?;
-    check_shape("ddA", &[nb, nh, nc, q], dda_bhcq.shape())?;
-    check_bhcq("ddt", ddt_direct_bhcq.shape(), nb, nh, l)?;
-    check_shape("ddt", &[nb, nh, nc, q], ddt_direct_bhcq.shape())?;
     let g = local_geom(
         ssd_reference::Dims {
             batch: nb,

@@ -5,9 +5,7 @@
 //! the softplus for `u ≤ 20`, 1 otherwise), scattered back to (b, l, h);
 //! `dA_h = Σ ddA · Δ`, `ddt_bias_h = Σ_{b, l} ddt`. Padded positions are ignored.
 
-use crate::chunking::check_bhcq;
-use crate::chunking::check_cumsum_args;
-use crate::validate::check_shape;
+use crate::chunking::check_cumsum_bwd_args;
 use crate::{process_dt, process_dt_grad, Options, SsdError};
 use ndarray::{Array1, Array3, ArrayView1, ArrayView3, ArrayView4};
 
@@ -21,16 +19,16 @@ pub fn chunk_cumsum_bwd(
     options: &Options,
 ) -> Result<(Array3<f64>, Array1<f64>, Option<Array1<f64>>), SsdError> {
     let (nb, l, nh) = dt_blh.dim();
-    let (nc, q) = check_cumsum_args(
-        nh,
+    let (_, q) = check_cumsum_bwd_args(
+        nb,
         l,
+        nh,
         a_h.shape(),
         dt_bias_h.as_ref().map(|v| v.shape()),
+        dda_bhcq.shape(),
+        ddt_direct_bhcq.shape(),
         options,
     )?;
-    check_shape("ddA", &[nb, nh, nc, q], dda_bhcq.shape())?;
-    check_bhcq("ddt", ddt_direct_bhcq.shape(), nb, nh, l)?;
-    check_shape("ddt", &[nb, nh, nc, q], ddt_direct_bhcq.shape())?;
     let mut ddt = Array3::<f64>::zeros((nb, l, nh));
     let mut da = Array1::<f64>::zeros(nh);
     let mut dbias = dt_bias_h.as_ref().map(|_| Array1::<f64>::zeros(nh));
