@@ -705,6 +705,7 @@ impl Gpu {
         dy_blhp: &DeviceArray4,
         cb_bcgqq: &DeviceArray5,
     ) -> Result<(DeviceArray5, DeviceArray3), SsdError> {
+        // heads per range: the kernel's shared `carry` holds DDC_MAXH = 16 (backward.cu)
         const MAX_HEADS: usize = 16;
         const TARGET_BLOCKS: usize = 1024;
         let (nb, l, nh, np) = x_blhp.dim();
