@@ -113,14 +113,14 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_bwd_reduce_kernel
     ddA_chunk[idx] = same ? (float)(e * (double)s) : 0.0f;
 }
 
-// chunk_scan_chunk_state_bwd_dx: per (b, c, h) and 64-row tile of tokens s (4 × 4 per thread:
-// 8 × 4 spills at 128 registers and measured slower),
-// all p tiles in turn:
+// chunk_scan_chunk_state_bwd_dx: per (b, c, h) and 64-row tile of tokens s (f64 tensor-core
+// products, mma_loop; 8 warps of 16 × 32), all p tiles in turn:
 //   bracket[s, p] = e_s Σ_n B[s, n] dS[p, n] + Σ_{l≥s} CB[l, s] exp(a_l − a_s) dy[l, p]
 //   (e_s = [id_s = id_last] exp(a_last − a_s)); dx = Δ_s bracket + D dy;
-//   ddt_direct_s = Σ_p bracket[s, p] x[s, p] (per p tile: each lane's 4 columns, then the half
-//   warp's 16 lanes by shuffles; the p tiles' sums added in order in shared memory, so no dot
-//   stays in registers across the products, where registers are short).
+//   ddt_direct_s = Σ_p bracket[s, p] x[s, p] (per p tile: each lane's 8 columns of the row, then
+//   the 4 lanes of its quad by shuffles, into one shared slot per warp column; the p tiles' sums
+//   added in order there and the slots in order at the end, so no dot stays in registers across
+//   the products, where registers are short).
 // Whole aligned tiles without seq_idx take the fast loader form (as chunk_scan_kernel).
 extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
     const float* __restrict__ x, const float* __restrict__ dt, const float* __restrict__ dacs,
@@ -129,9 +129,10 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
     const float* __restrict__ dS, const float* __restrict__ D, int d_per_channel,
     const int* __restrict__ seq, float* __restrict__ dx, float* __restrict__ ddt_direct, i64 nb,
     i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
-    constexpr int TM = 4, TN = 4, BM = 16 * TM, BN = 16 * TN;
-    __shared__ GemmSmem<TM, TN> sm;
-    __shared__ float dsr[BM], dsl[BM], erow[BM], dtr[BM], rsum[BM];
+    constexpr int BM = 64, BN = 64, WM = 4;
+    using S = MmaShape<BM, BN, WM>;
+    __shared__ MmaSmem<BM, BN> sm;
+    __shared__ float dsr[BM], dsl[BM], erow[BM], dtr[BM], rsum[S::WN][BM];
     const i64 ts = (q + BM - 1) / BM;
     BlockIdx bi;
     const i64 st = bi.next(ts), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -141,7 +142,6 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
     const i64 s0 = st * BM;
     const float* dtc = dt + ((b * nh + h) * nc + c) * q;
     const float* dac = dacs + ((b * nh + h) * nc + c) * q;
-    const int tx = threadIdx.x & 15;
     if (s0 >= len) {
         // padded rows: ddt_direct is 0 there
         if (threadIdx.x < BM && s0 + threadIdx.x < q)
@@ -164,7 +164,8 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
         dsl[threadIdx.x] = al;
         erow[threadIdx.x] = e;
         dtr[threadIdx.x] = d;
-        rsum[threadIdx.x] = 0.0f;
+#pragma unroll
+        for (int w = 0; w < S::WN; ++w) rsum[w][threadIdx.x] = 0.0f;
     }
     __syncthreads();
     const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
@@ -179,13 +180,13 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
     // CB[l, s] is read for l ≥ s only (the combined op leaves the rest unwritten)
     for (i64 pt = 0; pt < tp; ++pt) {
         const i64 p0 = pt * BN;
-        float acc[TM][TN];
-        zero_acc(acc);
+        double acc[S::MT][S::NTT][4];
+        zero_mma(acc);
         auto run = [&](auto fast_form) {
             constexpr bool F = decltype(fast_form)::value;
             // e_s B_s · dS (K = n)
-            scaled_rows_gemm<F>(acc, sm, Bb, ng * nn, s0, len, erow, dSb, p0, np, nn);
-            gemm_loop<TM, TN, false, false>(
+            scaled_rows_mma<F, BM, BN, WM>(acc, sm, Bb, ng * nn, s0, len, erow, dSb, p0, np, nn);
+            mma_loop<BM, BN, WM, false, false>(
                 acc, sm, s0, len,
                 [&](int m, i64 li) -> float4 {  // CB[l, s .. + 4) exp(a_l − a_s), s ≤ l
                     const i64 s = s0 + m;
@@ -203,36 +204,45 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
                     if (F) return ld4_fast(row + p0 + n);
                     return li < len ? ld4(row, p0 + n, np) : f4_zero();
                 },
-                0x7fffffffffffffffll, s0 + tile_row(TM, 0));
+                0x7fffffffffffffffll, s0 + S::warp_m0());
         };
         if (fast) run(BoolC<true>());
         else run(BoolC<false>());
+        const int wn = (threadIdx.x >> 5) / WM;
 #pragma unroll
-        for (int i = 0; i < TM; ++i) {
-            const int r = tile_row(TM, i);
-            const i64 s = s0 + r;
-            float dot = 0.0f;
-            if (s < len) {
+        for (int mt = 0; mt < S::MT; ++mt)
 #pragma unroll
-                for (int j = 0; j < TN; ++j) {
-                    const i64 p = p0 + tile_col(j);
-                    if (p >= np) continue;
-                    const i64 o = s * nh * np + p;
-                    const float br = acc[i][j];
-                    dot = fmaf(br, xb[o], dot);
-                    float v = dtr[r] * br;
-                    if (D) v += (d_per_channel ? D[h * np + p] : D[h]) * dyb[o];
-                    dx[((b * l + c0) * nh + h) * np + o] = v;
+            for (int half = 0; half < 2; ++half) {  // rows g and g + 8 of the mma tile
+                const int rr = mma_row<S>(mt, 2 * half);
+                const i64 s = s0 + rr;
+                float dot = 0.0f;
+                if (s < len) {
+#pragma unroll
+                    for (int nt = 0; nt < S::NTT; ++nt)
+#pragma unroll
+                        for (int cc = 0; cc < 2; ++cc) {
+                            const i64 p = p0 + mma_col<S>(nt, cc);
+                            if (p >= np) continue;
+                            const i64 o = s * nh * np + p;
+                            const float br = (float)acc[mt][nt][2 * half + cc];
+                            dot = fmaf(br, xb[o], dot);
+                            float v = dtr[rr] * br;
+                            if (D) v += (d_per_channel ? D[h * np + p] : D[h]) * dyb[o];
+                            dx[((b * l + c0) * nh + h) * np + o] = v;
+                        }
                 }
+                dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+                dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+                if ((threadIdx.x & 3) == 0) rsum[wn][rr] += dot;  // this quad's slot alone
             }
-            dot = half_warp_sum(dot);
-            if (tx == 0) rsum[r] += dot;  // row r belongs to this thread alone
-        }
     }
     __syncthreads();
     if (threadIdx.x < BM) {
         const i64 s = s0 + threadIdx.x;
-        if (s < q) ddt_direct[((b * nh + h) * nc + c) * q + s] = s < len ? rsum[threadIdx.x] : 0.0f;
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < S::WN; ++w) v += rsum[w][threadIdx.x];
+        if (s < q) ddt_direct[((b * nh + h) * nc + c) * q + s] = s < len ? v : 0.0f;
     }
 }
 

@@ -265,6 +265,152 @@ __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN,
     __syncthreads();  // the tiles (and anything the loaders read) may be rewritten after this
 }
 
+// ---- f64 tensor-core products (DMMA) of f32 operands ---------------------------------------
+// `mma_loop` computes the same tile product as `gemm_loop`, from the same loaders, on the f64
+// tensor cores (mma.sync m16n8k4 .f64): every f32 operand converts exactly to f64, every
+// product is exact and the sums are f64, rounded to f32 once at the end. That is more accurate
+// than f32 FMAs and involves no TF32 (or any other) rounding of the inputs; on the H100 the f64
+// tensor-core rate (65 TFLOP/s measured) is above the f32 FMA rate (58), and one instruction
+// does 512 FMAs where an FFMA does 32, which frees the issue slots for the loaders' decays.
+// Block tile BM × BN from NTH threads: (NTH/32) warps as WM (rows) × NTH/32/WM (columns), each
+// warp a (BM/WM) × (BN/(NTH/32/WM)) tile of 16 × 8 mma tiles. A thread holds, per mma tile,
+// rows g and g + 8 (g = lane/4) and columns 2·(lane%4) + {0, 1}: see mma_row / mma_col.
+template <int BM, int BN, int NTH = NT>
+struct __align__(16) MmaSmem {
+    // f32 and k-major like GemmSmem (converted to f64 per fragment read: an f64 copy measured
+    // slower, at twice the space and more registers); rows padded to 8 (mod 32) words so that
+    // a warp's fragment reads (4 k rows × 8 consecutive m) fall in 32 distinct banks
+    float a[2][BKK][BM + 8];
+    float b[2][BKK][BN + 8];
+};
+
+template <int BM, int BN, int WM, int NTH = NT>
+struct MmaShape {
+    static constexpr int WARPS = NTH / 32, WN = WARPS / WM;
+    static constexpr int WTM = BM / WM, WTN = BN / WN;  // the warp's tile
+    static constexpr int MT = WTM / 16, NTT = WTN / 8;   // its mma tiles
+    static_assert(WM * WN == WARPS && MT * 16 * WM == BM && NTT * 8 * WN == BN, "mma tiling");
+    __device__ static int warp_m0() { return ((threadIdx.x >> 5) % WM) * WTM; }
+    __device__ static int warp_n0() { return ((threadIdx.x >> 5) / WM) * WTN; }
+};
+
+// Tile-relative row of accumulator acc[mt][nt][r] (r = 0..3), and its column.
+template <class S>
+__device__ __forceinline__ int mma_row(int mt, int r) {
+    return S::warp_m0() + mt * 16 + ((threadIdx.x & 31) >> 2) + (r >> 1) * 8;
+}
+template <class S>
+__device__ __forceinline__ int mma_col(int nt, int r) {
+    return S::warp_n0() + nt * 8 + (threadIdx.x & 3) * 2 + (r & 1);
+}
+
+__device__ __forceinline__ void mma_f64_16x8x4(double (&c)[4], double a0, double a1, double b0) {
+    asm(
+        "mma.sync.aligned.m16n8k4.row.col.f64.f64.f64.f64 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%0,%1,%2,%3};"
+        : "+d"(c[0]), "+d"(c[1]), "+d"(c[2]), "+d"(c[3])
+        : "d"(a0), "d"(a1), "d"(b0));
+}
+
+template <int MT, int NTT>
+__device__ __forceinline__ void zero_mma(double (&acc)[MT][NTT][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NTT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0;
+}
+
+// acc[mt][nt][r] += Σ_{k in [kbeg, kend)} A[m, k] · B[k, n] (m = mma_row, n = mma_col), with
+// gemm_loop's loaders and pipelining (see there). Steps entirely outside [kfloor, kcap] (the
+// smallest and largest k the warp's rows need: causal tiles) skip the warp's products; the
+// loaders must still give zeros past each row's own limit. `kbeg` must be a multiple of 4.
+template <int BM, int BN, int WM, bool A_KC, bool B_KC, int NTH = NT, int MT, int NTT, class LA,
+          class LB>
+__device__ __forceinline__ void mma_loop(double (&acc)[MT][NTT][4], MmaSmem<BM, BN, NTH>& sm,
+                                         i64 kbeg, i64 kend, const LA& la, const LB& lb,
+                                         i64 kcap = 0x7fffffffffffffffll, i64 kfloor = 0) {
+    using S = MmaShape<BM, BN, WM, NTH>;
+    static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
+    constexpr int NAF = BM * BKK / 4, NBF = BN * BKK / 4;  // float4 pieces per step
+    constexpr int NA = (NAF + NTH - 1) / NTH, NB = (NBF + NTH - 1) / NTH;
+    const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int wm0 = S::warp_m0(), wn0 = S::warp_n0();
+    float4 ra[NA], rb[NB];
+    auto load = [&](i64 k0) {
+#pragma unroll
+        for (int r = 0; r < NA; ++r) {
+            const int f = tid + r * NTH;
+            if (NAF % NTH == 0 || f < NAF) {
+                if (A_KC) ra[r] = la(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
+                else ra[r] = la((f % (BM / 4)) * 4, k0 + f / (BM / 4));
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < NB; ++r) {
+            const int f = tid + r * NTH;
+            if (NBF % NTH == 0 || f < NBF) {
+                if (B_KC) rb[r] = lb(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
+                else rb[r] = lb((f % (BN / 4)) * 4, k0 + f / (BN / 4));
+            }
+        }
+    };
+    if (kbeg < kend) load(kbeg);
+    int buf = 0;
+    for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
+#pragma unroll
+        for (int r = 0; r < NA; ++r) {
+            const int f = tid + r * NTH;
+            if (NAF % NTH != 0 && f >= NAF) continue;
+            if (A_KC) {
+                const int m = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
+                sm.a[buf][k][m] = ra[r].x;
+                sm.a[buf][k + 1][m] = ra[r].y;
+                sm.a[buf][k + 2][m] = ra[r].z;
+                sm.a[buf][k + 3][m] = ra[r].w;
+            } else {
+                *reinterpret_cast<float4*>(&sm.a[buf][f / (BM / 4)][(f % (BM / 4)) * 4]) = ra[r];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < NB; ++r) {
+            const int f = tid + r * NTH;
+            if (NBF % NTH != 0 && f >= NBF) continue;
+            if (B_KC) {
+                const int n = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
+                sm.b[buf][k][n] = rb[r].x;
+                sm.b[buf][k + 1][n] = rb[r].y;
+                sm.b[buf][k + 2][n] = rb[r].z;
+                sm.b[buf][k + 3][n] = rb[r].w;
+            } else {
+                *reinterpret_cast<float4*>(&sm.b[buf][f / (BN / 4)][(f % (BN / 4)) * 4]) = rb[r];
+            }
+        }
+        __syncthreads();
+        if (k0 + BKK < kend) load(k0 + BKK);
+        if (k0 <= kcap && k0 + BKK > kfloor) {
+#pragma unroll
+            for (int kk = 0; kk < BKK; kk += 4) {
+                double a0[MT], a1[MT], bv[NTT];
+#pragma unroll
+                for (int i = 0; i < MT; ++i) {
+                    a0[i] = (double)sm.a[buf][kk + t][wm0 + i * 16 + g];
+                    a1[i] = (double)sm.a[buf][kk + t][wm0 + i * 16 + g + 8];
+                }
+#pragma unroll
+                for (int j = 0; j < NTT; ++j) bv[j] = (double)sm.b[buf][kk + t][wn0 + j * 8 + g];
+#pragma unroll
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int j = 0; j < NTT; ++j) mma_f64_16x8x4(acc[i][j], a0[i], a1[i], bv[j]);
+            }
+        }
+        buf ^= 1;
+    }
+    __syncthreads();  // the tiles (and anything the loaders read) may be rewritten after this
+}
+
 // acc += Σ_{k < nn} (R[r0 + m, k] · e[m]) · M[c0 + n, k]: rows of R (row stride rs, rows from
 // rlen on are zero) scaled per tile row by e (shared memory), against rows of M (row stride nn,
 // rows from mlen on are zero); both contiguous along k. The inter-chunk products of chunk_scan
@@ -276,6 +422,27 @@ __device__ __forceinline__ void scaled_rows_gemm(float (&acc)[TM][TN], GemmSmem<
                                                  const float* e, const float* M, i64 c0, i64 mlen,
                                                  i64 nn) {
     gemm_loop<TM, TN, true, true, NTH>(
+        acc, sm, 0, nn,
+        [&](int m, i64 k) -> float4 {  // R[r0 + m, k .. + 4) · e[m]
+            const i64 r = r0 + m;
+            const float* row = R + r * rs;
+            if (F) return f4_scale(ld4_fast(row + k), e[m]);
+            return r < rlen ? f4_scale(ld4(row, k, nn), e[m]) : f4_zero();
+        },
+        [&](int n, i64 k) -> float4 {  // M[c0 + n, k .. + 4)
+            const i64 c = c0 + n;
+            if (F) return ld4_fast(M + c * nn + k);
+            return c < mlen ? ld4(M + c * nn, k, nn) : f4_zero();
+        });
+}
+
+// scaled_rows_gemm on the f64 tensor cores (mma_loop; same operands and fast form).
+template <bool F, int BM, int BN, int WM, int NTH = NT, int MT, int NTT>
+__device__ __forceinline__ void scaled_rows_mma(double (&acc)[MT][NTT][4], MmaSmem<BM, BN, NTH>& sm,
+                                                const float* R, i64 rs, i64 r0, i64 rlen,
+                                                const float* e, const float* M, i64 c0, i64 mlen,
+                                                i64 nn) {
+    mma_loop<BM, BN, WM, true, true, NTH>(
         acc, sm, 0, nn,
         [&](int m, i64 k) -> float4 {  // R[r0 + m, k .. + 4) · e[m]
             const i64 r = r0 + m;

@@ -170,8 +170,8 @@ extern "C" __global__ void __launch_bounds__(NT8, 3) bmm_chunk_kernel(
     }
 }
 
-// chunk_scan [_chunk_scan_fwd]: per (b, c, h), rows l of a 128-row tile, columns p of a 64 tile
-// (8 × 4 per thread):
+// chunk_scan [_chunk_scan_fwd]: per (b, c, h), rows l of a 64-row tile, columns p of a 64 tile
+// (f64 tensor-core products, mma_loop; 8 warps of 16 × 32):
 //   y_l = [id_l = id_prev] exp(a_l) C_l · P_c + Σ_{s≤l} CB[l, s] exp(a_l − a_s) Δ_s x_s + D x_l
 //   out = y ⊙ silu(z) when z (and y is stored as well).
 extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
@@ -181,8 +181,9 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     const float* __restrict__ D, int d_per_channel, const float* __restrict__ z,
     const int* __restrict__ seq, float* __restrict__ out, float* __restrict__ y_out, i64 nb, i64 l,
     i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
-    constexpr int TM = 8, TN = 4, BM = 16 * TM, BN = 16 * TN;
-    __shared__ GemmSmem<TM, TN> sm;
+    constexpr int BM = 64, BN = 64, WM = 4;
+    using S = MmaShape<BM, BN, WM>;
+    __shared__ MmaSmem<BM, BN> sm;
     __shared__ float dl[BM], dll[BM], erow[BM];
     const i64 tl = (q + BM - 1) / BM, tp = (np + BN - 1) / BN;
     BlockIdx bi;
@@ -216,14 +217,14 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     const bool fast = len == q && q % 4 == 0 && l0 + BM <= q && !seq && np % 4 == 0 && nn % BKK == 0 &&
                       p0 + BN <= np && aligned16(cb) && aligned16(x) && aligned16(C) &&
                       aligned16(P) && aligned16(dt) && aligned16(dacs) && (!dlo || aligned16(dlo));
-    float acc[TM][TN];
-    zero_acc(acc);
+    double acc[S::MT][S::NTT][4];
+    zero_mma(acc);
     auto run = [&](auto fast_form) {
         constexpr bool F = decltype(fast_form)::value;
         // Inter-chunk term: exp(a_l) C_l · P_c (K = n).
-        scaled_rows_gemm<F>(acc, sm, Cb, ng * nn, l0, len, erow, Pb, p0, np, nn);
-        // Intra-chunk term (K = s ≤ l, causal: a thread's FMAs stop after its last row's s).
-        gemm_loop<TM, TN, true, false>(
+        scaled_rows_mma<F, BM, BN, WM>(acc, sm, Cb, ng * nn, l0, len, erow, Pb, p0, np, nn);
+        // Intra-chunk term (K = s ≤ l, causal: a warp's products stop after its last row's s).
+        mma_loop<BM, BN, WM, true, false>(
             acc, sm, 0, min(len, l0 + BM),
             [&](int m, i64 s) -> float4 {  // CB[i, s .. + 4) exp(a_i − a_s) Δ_s, s ≤ i
                 const i64 i = l0 + m;
@@ -252,27 +253,29 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
                 if (F) return ld4_fast(row + p0 + n);
                 return s < len ? ld4(row, p0 + n, np) : f4_zero();
             },
-            l0 + tile_row(TM, TM - 1));
+            l0 + S::warp_m0() + S::WTM - 1);
     };
     if (fast) run(BoolC<true>());
     else run(BoolC<false>());
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const i64 ii = l0 + tile_row(TM, i);
-        if (ii >= len) continue;
-        const i64 rowo = ((b * l + c0 + ii) * nh + h) * np;
+    for (int mt = 0; mt < S::MT; ++mt)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const i64 p = p0 + tile_col(j);
-            if (p >= np) continue;
-            float yv = acc[i][j];
-            if (D) yv += (d_per_channel ? D[h * np + p] : D[h]) * x[rowo + p];
-            if (z) {
-                out[rowo + p] = yv * silu_f(z[rowo + p]);
-                y_out[rowo + p] = yv;
-            } else {
-                out[rowo + p] = yv;
+        for (int r = 0; r < 4; ++r) {
+            const i64 ii = l0 + mma_row<S>(mt, r);
+            if (ii >= len) continue;
+            const i64 rowo = ((b * l + c0 + ii) * nh + h) * np;
+#pragma unroll
+            for (int nt = 0; nt < S::NTT; ++nt) {
+                const i64 p = p0 + mma_col<S>(nt, r);
+                if (p >= np) continue;
+                float yv = (float)acc[mt][nt][r];
+                if (D) yv += (d_per_channel ? D[h * np + p] : D[h]) * x[rowo + p];
+                if (z) {
+                    out[rowo + p] = yv * silu_f(z[rowo + p]);
+                    y_out[rowo + p] = yv;
+                } else {
+                    out[rowo + p] = yv;
+                }
             }
         }
-    }
 }

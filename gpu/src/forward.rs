@@ -10,7 +10,7 @@
 //! | `chunk_state` | `chunk_state_kernel` | 64 × 128 (p, n) tiles (128 threads) per (b, c, h), K = tokens |
 //! | `state_passing` | `state_passing_kernel` | thread per (b, h, p·n), sequential over chunks |
 //! | `bmm_chunk` | `bmm_chunk_kernel` | 64 × 128 (l, s) tiles (128 threads) per (b, c, g), K = n |
-//! | `chunk_scan` | `chunk_scan_kernel` | 128 × 64 (l, p) tiles per (b, c, h), K = n then s ≤ l |
+//! | `chunk_scan` | `chunk_scan_kernel` | 64 × 64 (l, p) tiles per (b, c, h), K = n then s ≤ l, f64 tensor cores |
 
 use crate::array::{
     DeviceArray1, DeviceArray2, DeviceArray3, DeviceArray4, DeviceArray5, DeviceArrayD,
@@ -367,7 +367,7 @@ impl Gpu {
         };
         self.launch(
             "chunk_scan_kernel",
-            tiles(np) * tiles128(q) * (nh * nc * nb) as u64,
+            tiles(np) * tiles(q) * (nh * nc * nb) as u64,
             NT,
             &[
                 cb_bcgqq.arg(),

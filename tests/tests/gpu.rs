@@ -1305,6 +1305,139 @@ fn strong_decay_sweep() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Decays at the edges of the usual: a flat cumsum (A = 0) and decay that varies from token to
+/// token (runs of Δ 0.001–0.02 and 0.1–0.2 at A = −12); chunks of 256 and 300 tokens (several
+/// row tiles of chunk_scan and dx), ragged last chunks, with and without `seq_idx`: the
+/// combined forward and every gradient against the reference.
+#[test]
+fn flat_and_uneven_decay_match_reference() {
+    let Some(g) = gpu() else { return };
+    let mut failures = Vec::new();
+    for (k, &(l, q, seq)) in [(700, 256, false), (650, 300, true), (513, 256, true)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 9100 + k as u64;
+        let mut spec = ProblemSpec::plain(1, l, 3, 16, 1, 16, q)
+            .seed(seed)
+            .all_options();
+        spec.seq_idx = seq;
+        let mut prob = spec.build();
+        prob.a = Array1::from(vec![0.0, -1.5, -12.0]);
+        // head 2: Δ alternating between runs of small and large values
+        let mut rng = Rng::new(seed ^ 0xDECA);
+        let softplus = prob.options.dt_softplus;
+        for ((_, t, h), v) in prob.dt.indexed_iter_mut() {
+            if h == 2 {
+                let big = (t / 40) % 2 == 1;
+                let d = if big {
+                    rng.range(0.1, 0.2)
+                } else {
+                    rng.range(0.001, 0.02)
+                };
+                // the processed Δ is softplus(dt + bias) when softplus is on
+                *v = if softplus { d.exp_m1().ln() } else { d };
+            }
+        }
+        if let Some(bias) = &mut prob.dt_bias {
+            bias.fill(0.0);
+        }
+        prob.options.dt_limit = (0.0, f64::INFINITY);
+        if let Err(e) = check_combined(&g, &prob, seed, true) {
+            failures.push(format!("l {l} Q {q} seq_idx {seq}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A cumsum that rises (which the combined op never makes, A ≤ 0 and Δ ≥ 0 there, but the
+/// kernel API takes; exp(a_l − a_s) then exceeds 1): chunk_scan and dx against the reference,
+/// chunks of 256 and 300 tokens.
+#[test]
+fn rising_cumsum_kernels_match_reference() {
+    let Some(g) = gpu() else { return };
+    for (k, &(l, q)) in [(600, 256), (333, 300)].iter().enumerate() {
+        let seed = 9200 + k as u64;
+        let spec = ProblemSpec::plain(1, l, 3, 16, 1, 16, q).seed(seed);
+        let p = rounded(&spec.build());
+        let f = ChunkedForward::run(&p.inputs(), &p.options).unwrap();
+        // the forward's cumsum mirrored, and a rise of 0.2 per token on head 1
+        let mut dacs = f.dacs_bhcq.mapv(|v| -0.5 * v);
+        for ((_, h, _, t), v) in dacs.indexed_iter_mut() {
+            if h == 1 {
+                *v = 0.2 * t as f64;
+            }
+        }
+        let (dt64, dacs64, cb64, prev64) = (
+            r(&f.dt_bhcq),
+            r(&dacs),
+            r(&f.cb_bcgqq),
+            r(&f.prev_states_bchpn),
+        );
+        let (x, c, b) = (up(&g, &p.x), up(&g, &p.c), up(&g, &p.b));
+        let (dt_r, dacs_r, cb_r) = (up(&g, &dt64), up(&g, &dacs64), up(&g, &cb64));
+        let (out, _) = reference::chunk_scan(
+            cb64.view(),
+            p.x.view(),
+            dt64.view(),
+            dacs64.view(),
+            p.c.view(),
+            prev64.view(),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        let (out_g, _) = g
+            .chunk_scan(
+                &cb_r,
+                &x,
+                &dt_r,
+                &dacs_r,
+                &c,
+                &up(&g, &prev64),
+                None,
+                None,
+                None,
+            )
+            .unwrap();
+        close("chunk_scan out", &down(&g, &out_g), &out, FORWARD_F32).unwrap();
+
+        let dy: Array4<f64> = r(&random_array(&[1, l, 3, 16], seed)
+            .into_dimensionality()
+            .unwrap());
+        let ds: ndarray::Array5<f64> = r(&random_array(prev64.shape(), seed ^ 3)
+            .into_dimensionality()
+            .unwrap());
+        let (dx, _) = reference::chunk_scan_chunk_state_bwd_dx(
+            p.x.view(),
+            dt64.view(),
+            dacs64.view(),
+            p.b.view(),
+            cb64.view(),
+            dy.view(),
+            ds.view(),
+            None,
+            None,
+        )
+        .unwrap();
+        let (dx_g, _) = g
+            .chunk_scan_chunk_state_bwd_dx(
+                &x,
+                &dt_r,
+                &dacs_r,
+                &b,
+                &cb_r,
+                &up(&g, &dy),
+                &up(&g, &ds),
+                None,
+                None,
+            )
+            .unwrap();
+        close("bwd_dx dx", &down(&g, &dx_g), &dx, GRADIENT_F32).unwrap();
+    }
+}
+
 /// The same inputs give bit-identical outputs and gradients, run after run, and on another
 /// stream (inputs uploaded on the first).
 #[test]
