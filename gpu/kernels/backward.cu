@@ -247,7 +247,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
 }
 
 // chunk_state_bwd_db (mode 0) and chunk_scan_bwd_dc (mode 1): per (b, c, g), 64-row × 64-col
-// tile of (token, n), heads of the group in turn:
+// tile of (token, n), heads of the group in turn (G_h by f64 tensor-core products, mma_loop):
 //   G_h[r, n] = Σ_p X_h[r, p] M_h[p, n];  out[r, n] = Σ_h w_h[r] G_h[r, n]
 //   part[(b, h, c), n-tile, r] = w_h[r] Σ_{n in tile} Y[r, n] G_h[r, n]
 // mode 0: X = x, M = dS, Y = B, w = [id = id_last] Δ exp(a_last − a)   (U → ddA_next)
@@ -258,9 +258,11 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
     const float* __restrict__ dt, const float* __restrict__ dacs, const float* __restrict__ dlo,
     const int* __restrict__ seq, float* __restrict__ out, float* __restrict__ part, int accumulate, i64 nb, i64 l, i64 nh, i64 np,
     i64 ng, i64 nn, i64 q, i64 nc) {
-    __shared__ GemmSmem<4, 4> sm;
+    constexpr int BM = 64, BN = 64, WM = 4;
+    using S = MmaShape<BM, BN, WM>;
+    __shared__ MmaSmem<BM, BN> sm;
     __shared__ __align__(16) float ys[64][68];
-    __shared__ float wr[64];
+    __shared__ float wr[64], prt[S::WN][64];
     const i64 tr = (q + 63) / 64, tn = (nn + 63) / 64;
     BlockIdx bi;
     const i64 nt = bi.next(tn), rt = bi.next(tr), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
@@ -268,7 +270,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
     const i64 c0 = c * q;
     const i64 len = min(q, l - c0);
     const i64 r0 = rt * 64, n0 = nt * 64;
-    const int ty = threadIdx.x >> 4, tx = threadIdx.x & 15;
+    const int wn = (threadIdx.x >> 5) / WM;
     if (r0 >= len) {
         // rows past the sequence: only the partials need zeros
         for (i64 hh = 0; hh < hpg; ++hh) {
@@ -285,8 +287,13 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
         const i64 rr = r0 + r, ni = n0 + n;
         ys[r][n] = (rr < len && ni < nn) ? Yb[rr * ng * nn + ni] : 0.0f;
     }
-    float oacc[4][4];
-    zero_acc(oacc);
+    float oacc[S::MT][S::NTT][4];  // Σ_h w_h G_h, in the mma layout
+#pragma unroll
+    for (int mt = 0; mt < S::MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < S::NTT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) oacc[mt][j][r] = 0.0f;
     for (i64 hh = 0; hh < hpg; ++hh) {
         const i64 h = g * hpg + hh;
         const float* dtc = dt + ((b * nh + h) * nc + c) * q;
@@ -303,9 +310,9 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
         // (wr and ys are read after gemm_loop's barriers)
         const float* Xb = X + ((b * l + c0) * nh + h) * np;
         const float* Mb = M + ((b * nc + c) * nh + h) * np * nn;
-        float acc[4][4];
-        zero_acc(acc);
-        gemm_loop<4, 4, true, false>(
+        double acc[S::MT][S::NTT][4];
+        zero_mma(acc);
+        mma_loop<BM, BN, WM, true, false>(
             acc, sm, 0, np,
             [&](int m, i64 k) -> float4 {  // X[r, k .. + 4)
                 const i64 r = r0 + m;
@@ -315,39 +322,50 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
                 return k < np ? ld4(Mb + k * nn, n0 + n, nn) : f4_zero();
             });
         if (np == 0) __syncthreads();
-        float pr[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float w = wr[ty * 4 + i];
-            float s = 0.0f;
+        for (int mt = 0; mt < S::MT; ++mt)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                oacc[i][j] = fmaf(w, acc[i][j], oacc[i][j]);
-                s = fmaf(ys[ty * 4 + i][tx * 4 + j], acc[i][j], s);
+            for (int half = 0; half < 2; ++half) {  // rows g and g + 8 of the mma tile
+                const int rr = mma_row<S>(mt, 2 * half);
+                const float w = wr[rr];
+                float sum = 0.0f;
+#pragma unroll
+                for (int j = 0; j < S::NTT; ++j)
+#pragma unroll
+                    for (int cc = 0; cc < 2; ++cc) {
+                        const float gv = (float)acc[mt][j][2 * half + cc];
+                        oacc[mt][j][2 * half + cc] = fmaf(w, gv, oacc[mt][j][2 * half + cc]);
+                        sum = fmaf(ys[rr][mma_col<S>(j, cc)], gv, sum);
+                    }
+                sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+                if ((threadIdx.x & 3) == 0) prt[wn][rr] = sum;
             }
-            pr[i] = w * s;
-        }
+        __syncthreads();
+        if (threadIdx.x < 64) {
+            const i64 rr = r0 + threadIdx.x;
+            float sum = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float r = half_warp_sum(pr[i]);
-            const i64 rr = r0 + ty * 4 + i;
-            if (tx == 0 && rr < q) part[(((b * nh + h) * nc + c) * tn + nt) * q + rr] = rr < len ? r : 0.0f;
+            for (int w = 0; w < S::WN; ++w) sum += prt[w][threadIdx.x];
+            if (rr < q) part[(((b * nh + h) * nc + c) * tn + nt) * q + rr] = rr < len ? wr[threadIdx.x] * sum : 0.0f;
         }
         __syncthreads();  // wr is rewritten by the next head
     }
     float* ob = out + ((b * l + c0) * ng + g) * nn;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const i64 rr = r0 + ty * 4 + i;
-        if (rr >= len) continue;
+    for (int mt = 0; mt < S::MT; ++mt)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const i64 ni = n0 + tx * 4 + j;
-            if (ni >= nn) continue;
-            const i64 o = rr * ng * nn + ni;
-            ob[o] = accumulate ? ob[o] + oacc[i][j] : oacc[i][j];
+        for (int r = 0; r < 4; ++r) {
+            const i64 rr = r0 + mma_row<S>(mt, r);
+            if (rr >= len) continue;
+#pragma unroll
+            for (int j = 0; j < S::NTT; ++j) {
+                const i64 ni = n0 + mma_col<S>(j, r);
+                if (ni >= nn) continue;
+                const i64 o = rr * ng * nn + ni;
+                ob[o] = accumulate ? ob[o] + oacc[mt][j][r] : oacc[mt][j][r];
+            }
         }
-    }
 }
 
 // Per (b, h, c): v_k = Σ_parts part[(b,h,c), part, k] (fixed order), then
