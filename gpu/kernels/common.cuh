@@ -1,7 +1,8 @@
 // common.cuh — shared device code of every ssd-gpu kernel (prepended to each .cu by the Rust side).
 //
 // * `i64` index arithmetic everywhere (sequences past 2^31 elements).
-// * f32 arithmetic only (fmaf contractions are single-rounding f32; no TF32, no fast math).
+// * f32 arithmetic (fmaf contractions are single-rounding f32; no TF32, no fast math), except the
+//   products of `mma_loop`: f64 tensor-core arithmetic on exactly converted f32 operands.
 // * Every reduction has a fixed order: warp shuffles with fixed offsets, then fixed trees in
 //   shared memory. No float atomics, so results are bit-identical run to run.
 // * `gemm_loop`: a (16·TM × 16·TN) output tile computed by 256 threads, each owning a TM × TN

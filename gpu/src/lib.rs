@@ -6,14 +6,18 @@
 //! cached per process; loaded through `cudarc` with dynamic loading, so this crate builds and
 //! runs (answering [`SsdError::NoCudaDriver`]) on machines without CUDA.
 //!
-//! Arithmetic is f32 throughout (fused multiply-adds, no TF32, no fast math), indices are 64-bit,
+//! Arithmetic is f32 (fused multiply-adds, no TF32, no fast math) but for the matrix products of
+//! `chunk_scan`, `chunk_scan_chunk_state_bwd_dx`, `chunk_state_bwd_db` and `chunk_scan_bwd_dc`,
+//! which run on the f64 tensor cores from exactly converted f32 operands (exact products, f64
+//! sums, one rounding to f32: at least as accurate as f32 FMAs); indices are 64-bit,
 //! and every reduction has a fixed order (no float atomics): results are bit-identical run to
 //! run. The matmul-shaped work (CB, chunk states, chunk scan, dx, dB, dC, dCB, ddA_intra) runs
-//! through one shared-memory tiled core (`gemm_loop` in kernels/common.cuh: double-buffered
-//! operand tiles, coalesced global loads along the contiguous axis of each operand, register
-//! tiles per thread of 4 × 4 (most kernels), 8 × 4 (chunk_scan, 128 × 64 outputs) or 8 × 8
-//! (chunk_state, 64 × 128 outputs from 128 threads)); whole, aligned tiles without `seq_idx`
-//! take a form of the loaders without masks or bounds checks.
+//! through shared-memory tiled cores in kernels/common.cuh with the same operand loaders:
+//! `gemm_loop` (f32 FMAs; double-buffered operand tiles, coalesced global loads along the
+//! contiguous axis of each operand, register tiles per thread of 4 × 4 or 8 × 8 (chunk_state,
+//! 64 × 128 outputs from 128 threads)) and `mma_loop` (the same tiles feeding `mma.sync`
+//! m16n8k4 .f64, 64 × 64 outputs from 8 warps: chunk_scan, dx, db, dc); whole, aligned tiles
+//! without `seq_idx` take a form of the loaders without masks or bounds checks.
 //!
 //! ```no_run
 //! use ssd_gpu::{DeviceInputs, Gpu};
