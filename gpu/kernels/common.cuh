@@ -176,6 +176,64 @@ __device__ __forceinline__ float4 ld4(const float* row, i64 i0, i64 n) {
 __device__ __forceinline__ int tile_row(int tm, int i) { return (threadIdx.x >> 4) * tm + i; }
 __device__ __forceinline__ int tile_col(int j) { return (j >> 2) * 64 + (threadIdx.x & 15) * 4 + (j & 3); }
 
+// The operand staging of `gemm_loop` and `mma_loop` for one BKK-deep step of a BM × BN tile
+// from NTH threads: `stage_fetch` has the loaders give the thread's float4 pieces of A (BM × BKK)
+// and B (BKK × BN) into registers (pieces past the tile, where NTH does not divide it, are not
+// fetched); `stage_store` writes them k-major into the shared tiles sa[k][m], sb[k][n]
+// (transposing scalar stores for an operand contiguous along k, else one 16-byte store).
+template <int BM, int BN, int NTH>
+struct StageShape {
+    static constexpr int NAF = BM * BKK / 4, NBF = BN * BKK / 4;  // float4 pieces per step
+    static constexpr int NA = (NAF + NTH - 1) / NTH, NB = (NBF + NTH - 1) / NTH;
+};
+
+template <int BM, int BN, bool A_KC, bool B_KC, int NTH, int NA, int NB, class LA, class LB>
+__device__ __forceinline__ void stage_fetch(float4 (&ra)[NA], float4 (&rb)[NB], const LA& la,
+                                            const LB& lb, i64 k0) {
+    using St = StageShape<BM, BN, NTH>;
+#pragma unroll
+    for (int r = 0; r < NA; ++r) {
+        const int f = threadIdx.x + r * NTH;
+        if (St::NAF % NTH != 0 && f >= St::NAF) continue;
+        if (A_KC) ra[r] = la(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
+        else ra[r] = la((f % (BM / 4)) * 4, k0 + f / (BM / 4));
+    }
+#pragma unroll
+    for (int r = 0; r < NB; ++r) {
+        const int f = threadIdx.x + r * NTH;
+        if (St::NBF % NTH != 0 && f >= St::NBF) continue;
+        if (B_KC) rb[r] = lb(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
+        else rb[r] = lb((f % (BN / 4)) * 4, k0 + f / (BN / 4));
+    }
+}
+
+// One operand's pieces into its k-major tile t[k][i] (i < W); `KC`: contiguous along k.
+template <int BX, bool KC, int NTH, int N, int W>
+__device__ __forceinline__ void stage_store_one(float (&t)[BKK][W], const float4 (&reg)[N]) {
+    constexpr int NF = BX * BKK / 4;
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+        const int f = threadIdx.x + r * NTH;
+        if (NF % NTH != 0 && f >= NF) continue;
+        if (KC) {
+            const int i = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
+            t[k][i] = reg[r].x;
+            t[k + 1][i] = reg[r].y;
+            t[k + 2][i] = reg[r].z;
+            t[k + 3][i] = reg[r].w;
+        } else {
+            *reinterpret_cast<float4*>(&t[f / (BX / 4)][(f % (BX / 4)) * 4]) = reg[r];
+        }
+    }
+}
+
+template <int BM, int BN, bool A_KC, bool B_KC, int NTH, int NA, int NB, int WA, int WB>
+__device__ __forceinline__ void stage_store(float (&sa)[BKK][WA], float (&sb)[BKK][WB],
+                                            const float4 (&ra)[NA], const float4 (&rb)[NB]) {
+    stage_store_one<BM, A_KC, NTH>(sa, ra);
+    stage_store_one<BN, B_KC, NTH>(sb, rb);
+}
+
 // acc[i][j] += Σ_{k in [kbeg, kend)} A[m_i, k] · B[k, n_j] for the thread's rows m_i and
 // columns n_j (tile_row, tile_col). Steps entirely outside [kfloor, kcap] skip the thread's
 // FMAs (causal tiles: pass the smallest / largest k the thread's rows need; the loaders must
@@ -192,55 +250,16 @@ __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN,
                                           i64 kend, const LA& la, const LB& lb,
                                           i64 kcap = 0x7fffffffffffffffll, i64 kfloor = 0) {
     constexpr int BM = NTH / 16 * TM, BN = 16 * TN;
-    constexpr int NA = BM * BKK / 4 / NTH, NB = BN * BKK / 4 / NTH;  // float4 per thread
+    using St = StageShape<BM, BN, NTH>;
     const int tid = threadIdx.x;
     const int ty = tid >> 4, tx = tid & 15;
-    float4 ra[NA], rb[NB];
-    auto load = [&](i64 k0) {
-#pragma unroll
-        for (int r = 0; r < NA; ++r) {
-            const int f = tid + r * NTH;
-            if (A_KC) ra[r] = la(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
-            else ra[r] = la((f % (BM / 4)) * 4, k0 + f / (BM / 4));
-        }
-#pragma unroll
-        for (int r = 0; r < NB; ++r) {
-            const int f = tid + r * NTH;
-            if (B_KC) rb[r] = lb(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
-            else rb[r] = lb((f % (BN / 4)) * 4, k0 + f / (BN / 4));
-        }
-    };
-    if (kbeg < kend) load(kbeg);
+    float4 ra[St::NA], rb[St::NB];
+    if (kbeg < kend) stage_fetch<BM, BN, A_KC, B_KC, NTH>(ra, rb, la, lb, kbeg);
     int buf = 0;
     for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
-#pragma unroll
-        for (int r = 0; r < NA; ++r) {
-            const int f = tid + r * NTH;
-            if (A_KC) {
-                const int m = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
-                sm.a[buf][k][m] = ra[r].x;
-                sm.a[buf][k + 1][m] = ra[r].y;
-                sm.a[buf][k + 2][m] = ra[r].z;
-                sm.a[buf][k + 3][m] = ra[r].w;
-            } else {
-                *reinterpret_cast<float4*>(&sm.a[buf][f / (BM / 4)][(f % (BM / 4)) * 4]) = ra[r];
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < NB; ++r) {
-            const int f = tid + r * NTH;
-            if (B_KC) {
-                const int n = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
-                sm.b[buf][k][n] = rb[r].x;
-                sm.b[buf][k + 1][n] = rb[r].y;
-                sm.b[buf][k + 2][n] = rb[r].z;
-                sm.b[buf][k + 3][n] = rb[r].w;
-            } else {
-                *reinterpret_cast<float4*>(&sm.b[buf][f / (BN / 4)][(f % (BN / 4)) * 4]) = rb[r];
-            }
-        }
+        stage_store<BM, BN, A_KC, B_KC, NTH>(sm.a[buf], sm.b[buf], ra, rb);
         __syncthreads();
-        if (k0 + BKK < kend) load(k0 + BKK);
+        if (k0 + BKK < kend) stage_fetch<BM, BN, A_KC, B_KC, NTH>(ra, rb, la, lb, k0 + BKK);
         if (k0 <= kcap && k0 + BKK > kfloor) {
 #pragma unroll
             for (int kk = 0; kk < BKK; ++kk) {
@@ -334,62 +353,16 @@ __device__ __forceinline__ void mma_loop(double (&acc)[MT][NTT][4], MmaSmem<BM, 
                                          i64 kcap = 0x7fffffffffffffffll, i64 kfloor = 0) {
     using S = MmaShape<BM, BN, WM, NTH>;
     static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
-    constexpr int NAF = BM * BKK / 4, NBF = BN * BKK / 4;  // float4 pieces per step
-    constexpr int NA = (NAF + NTH - 1) / NTH, NB = (NBF + NTH - 1) / NTH;
-    const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    using St = StageShape<BM, BN, NTH>;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wm0 = S::warp_m0(), wn0 = S::warp_n0();
-    float4 ra[NA], rb[NB];
-    auto load = [&](i64 k0) {
-#pragma unroll
-        for (int r = 0; r < NA; ++r) {
-            const int f = tid + r * NTH;
-            if (NAF % NTH == 0 || f < NAF) {
-                if (A_KC) ra[r] = la(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
-                else ra[r] = la((f % (BM / 4)) * 4, k0 + f / (BM / 4));
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < NB; ++r) {
-            const int f = tid + r * NTH;
-            if (NBF % NTH == 0 || f < NBF) {
-                if (B_KC) rb[r] = lb(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
-                else rb[r] = lb((f % (BN / 4)) * 4, k0 + f / (BN / 4));
-            }
-        }
-    };
-    if (kbeg < kend) load(kbeg);
+    float4 ra[St::NA], rb[St::NB];
+    if (kbeg < kend) stage_fetch<BM, BN, A_KC, B_KC, NTH>(ra, rb, la, lb, kbeg);
     int buf = 0;
     for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
-#pragma unroll
-        for (int r = 0; r < NA; ++r) {
-            const int f = tid + r * NTH;
-            if (NAF % NTH != 0 && f >= NAF) continue;
-            if (A_KC) {
-                const int m = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
-                sm.a[buf][k][m] = ra[r].x;
-                sm.a[buf][k + 1][m] = ra[r].y;
-                sm.a[buf][k + 2][m] = ra[r].z;
-                sm.a[buf][k + 3][m] = ra[r].w;
-            } else {
-                *reinterpret_cast<float4*>(&sm.a[buf][f / (BM / 4)][(f % (BM / 4)) * 4]) = ra[r];
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < NB; ++r) {
-            const int f = tid + r * NTH;
-            if (NBF % NTH != 0 && f >= NBF) continue;
-            if (B_KC) {
-                const int n = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
-                sm.b[buf][k][n] = rb[r].x;
-                sm.b[buf][k + 1][n] = rb[r].y;
-                sm.b[buf][k + 2][n] = rb[r].z;
-                sm.b[buf][k + 3][n] = rb[r].w;
-            } else {
-                *reinterpret_cast<float4*>(&sm.b[buf][f / (BN / 4)][(f % (BN / 4)) * 4]) = rb[r];
-            }
-        }
+        stage_store<BM, BN, A_KC, B_KC, NTH>(sm.a[buf], sm.b[buf], ra, rb);
         __syncthreads();
-        if (k0 + BKK < kend) load(k0 + BKK);
+        if (k0 + BKK < kend) stage_fetch<BM, BN, A_KC, B_KC, NTH>(ra, rb, la, lb, k0 + BKK);
         if (k0 <= kcap && k0 + BKK > kfloor) {
 #pragma unroll
             for (int kk = 0; kk < BKK; kk += 4) {
@@ -417,24 +390,35 @@ __device__ __forceinline__ void mma_loop(double (&acc)[MT][NTT][4], MmaSmem<BM, 
 // rows from mlen on are zero); both contiguous along k. The inter-chunk products of chunk_scan
 // (C·exp(a) against the states) and of dx (B·e against dstates). F: the fast form (whole
 // tiles, 16-byte aligned rows, nn a multiple of BKK; the caller checks).
+template <bool F>
+struct ScaledRowsOperands {
+    const float* R;
+    i64 rs, r0, rlen;
+    const float* e;
+    const float* M;
+    i64 c0, mlen, nn;
+    __device__ float4 a(int m, i64 k) const {  // R[r0 + m, k .. + 4) · e[m]
+        const i64 r = r0 + m;
+        const float* row = R + r * rs;
+        if (F) return f4_scale(ld4_fast(row + k), e[m]);
+        return r < rlen ? f4_scale(ld4(row, k, nn), e[m]) : f4_zero();
+    }
+    __device__ float4 b(int n, i64 k) const {  // M[c0 + n, k .. + 4)
+        const i64 c = c0 + n;
+        if (F) return ld4_fast(M + c * nn + k);
+        return c < mlen ? ld4(M + c * nn, k, nn) : f4_zero();
+    }
+};
+
 template <bool F, int TM, int TN, int NTH = NT>
 __device__ __forceinline__ void scaled_rows_gemm(float (&acc)[TM][TN], GemmSmem<TM, TN, NTH>& sm,
                                                  const float* R, i64 rs, i64 r0, i64 rlen,
                                                  const float* e, const float* M, i64 c0, i64 mlen,
                                                  i64 nn) {
+    const ScaledRowsOperands<F> o{R, rs, r0, rlen, e, M, c0, mlen, nn};
     gemm_loop<TM, TN, true, true, NTH>(
-        acc, sm, 0, nn,
-        [&](int m, i64 k) -> float4 {  // R[r0 + m, k .. + 4) · e[m]
-            const i64 r = r0 + m;
-            const float* row = R + r * rs;
-            if (F) return f4_scale(ld4_fast(row + k), e[m]);
-            return r < rlen ? f4_scale(ld4(row, k, nn), e[m]) : f4_zero();
-        },
-        [&](int n, i64 k) -> float4 {  // M[c0 + n, k .. + 4)
-            const i64 c = c0 + n;
-            if (F) return ld4_fast(M + c * nn + k);
-            return c < mlen ? ld4(M + c * nn, k, nn) : f4_zero();
-        });
+        acc, sm, 0, nn, [&](int m, i64 k) { return o.a(m, k); },
+        [&](int n, i64 k) { return o.b(n, k); });
 }
 
 // scaled_rows_gemm on the f64 tensor cores (mma_loop; same operands and fast form).
@@ -443,19 +427,10 @@ __device__ __forceinline__ void scaled_rows_mma(double (&acc)[MT][NTT][4], MmaSm
                                                 const float* R, i64 rs, i64 r0, i64 rlen,
                                                 const float* e, const float* M, i64 c0, i64 mlen,
                                                 i64 nn) {
+    const ScaledRowsOperands<F> o{R, rs, r0, rlen, e, M, c0, mlen, nn};
     mma_loop<BM, BN, WM, true, true, NTH>(
-        acc, sm, 0, nn,
-        [&](int m, i64 k) -> float4 {  // R[r0 + m, k .. + 4) · e[m]
-            const i64 r = r0 + m;
-            const float* row = R + r * rs;
-            if (F) return f4_scale(ld4_fast(row + k), e[m]);
-            return r < rlen ? f4_scale(ld4(row, k, nn), e[m]) : f4_zero();
-        },
-        [&](int n, i64 k) -> float4 {  // M[c0 + n, k .. + 4)
-            const i64 c = c0 + n;
-            if (F) return ld4_fast(M + c * nn + k);
-            return c < mlen ? ld4(M + c * nn, k, nn) : f4_zero();
-        });
+        acc, sm, 0, nn, [&](int m, i64 k) { return o.a(m, k); },
+        [&](int n, i64 k) { return o.b(n, k); });
 }
 
 // Inclusive block scan in f64 (blockDim.x == NT); `red` must hold 32 doubles. Synchronises.
