@@ -131,8 +131,14 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
     i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
     constexpr int BM = 64, BN = 64, WM = 4;
     using S = MmaShape<BM, BN, WM>;
-    __shared__ MmaSmem<BM, BN> sm;
+    __shared__ union {
+        MmaSmem<BM, BN> g;                  // the general form's tiles
+        AsyncSmem<BM, BN, false, false> cy;  // the fast form's: CBᵀ against dy
+        AsyncSmem<BM, BN, true, true> bs;    //                  B against dS
+    } smu;
+    auto& sm = smu.g;
     __shared__ float dsr[BM], dsl[BM], erow[BM], dtr[BM], rsum[S::WN][BM];
+    __shared__ float ka[QS], kal[QS];  // a and its lo part of the chunk's first QS positions
     const i64 ts = (q + BM - 1) / BM;
     BlockIdx bi;
     const i64 st = bi.next(ts), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -167,13 +173,17 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
 #pragma unroll
         for (int w = 0; w < S::WN; ++w) rsum[w][threadIdx.x] = 0.0f;
     }
+    for (i64 li = s0 + threadIdx.x; li < min(len, (i64)QS); li += NT) {
+        ka[li] = dac[li];
+        kal[li] = lo_at(dlc, li);
+    }
     __syncthreads();
     const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
     const float* Bb = B + ((b * l + c0) * ng + g) * nn;
     const float* dSb = dS + ((b * nc + c) * nh + h) * np * nn;
     const float* dyb = dy + ((b * l + c0) * nh + h) * np;
     const float* xb = x + ((b * l + c0) * nh + h) * np;
-    const bool fast = len == q && q % 4 == 0 && s0 + BM <= q && !seq && np % BN == 0 &&
+    const bool fast = len == q && q % 4 == 0 && q <= QS && s0 + BM <= q && !seq && np % BN == 0 &&
                       nn % BKK == 0 && aligned16(cb) && aligned16(B) && aligned16(dS) &&
                       aligned16(dy);
     const i64 tp = (np + BN - 1) / BN;
@@ -184,27 +194,42 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
         zero_mma(acc);
         auto run = [&](auto fast_form) {
             constexpr bool F = decltype(fast_form)::value;
-            // e_s B_s · dS (K = n)
-            scaled_rows_mma<F, BM, BN, WM>(acc, sm, Bb, ng * nn, s0, len, erow, dSb, p0, np, nn);
-            mma_loop<BM, BN, WM, false, false>(
-                acc, sm, s0, len,
-                [&](int m, i64 li) -> float4 {  // CB[l, s .. + 4) exp(a_l − a_s), s ≤ l
-                    const i64 s = s0 + m;
-                    if ((!F && li >= len) || s > li) return f4_zero();
-                    float4 v = F ? ld4_fast(cbb + li * q + s) : ld4(cbb + li * q, s, li + 1);
-                    const float a = dac[li], al = lo_at(dlc, li);
-                    v.x *= exp_seg(a, al, dsr[m], dsl[m]);
-                    v.y = s + 1 <= li ? v.y * exp_seg(a, al, dsr[m + 1], dsl[m + 1]) : 0.0f;
-                    v.z = s + 2 <= li ? v.z * exp_seg(a, al, dsr[m + 2], dsl[m + 2]) : 0.0f;
-                    v.w = s + 3 <= li ? v.w * exp_seg(a, al, dsr[m + 3], dsl[m + 3]) : 0.0f;
-                    return v;
-                },
-                [&](int n, i64 li) -> float4 {  // dy[l, p .. + 4)
-                    const float* row = dyb + li * nh * np;
-                    if (F) return ld4_fast(row + p0 + n);
-                    return li < len ? ld4(row, p0 + n, np) : f4_zero();
-                },
-                0x7fffffffffffffffll, s0 + S::warp_m0());
+            auto la_ = [&](i64 li) { return F || li < QS ? ka[li] : dac[li]; };
+            auto ll_ = [&](i64 li) { return F || li < QS ? kal[li] : lo_at(dlc, li); };
+            auto cb_fix = [&](int m, i64 li, float4 v) {  // · exp(a_l − a_s), 0 for s > l
+                if (!F && li >= len) return f4_zero();
+                const i64 s = s0 + m;
+                const float a = la_(li), al = ll_(li);
+                v.x = s <= li ? v.x * exp_seg(a, al, dsr[m], dsl[m]) : 0.0f;
+                v.y = s + 1 <= li ? v.y * exp_seg(a, al, dsr[m + 1], dsl[m + 1]) : 0.0f;
+                v.z = s + 2 <= li ? v.z * exp_seg(a, al, dsr[m + 2], dsl[m + 2]) : 0.0f;
+                v.w = s + 3 <= li ? v.w * exp_seg(a, al, dsr[m + 3], dsl[m + 3]) : 0.0f;
+                return v;
+            };
+            const i64 kfloor = s0 + S::warp_m0();  // causal: a warp's first row's s
+            if constexpr (F) {
+                // whole aligned tiles: asynchronous copies, the factors applied in shared memory
+                mma_loop_async<BM, BN, WM, true, true>(
+                    acc, smu.bs, 0, nn, [&](int m, i64 k) { return Bb + (s0 + m) * ng * nn + k; },
+                    [&](int n, i64 k) { return dSb + (p0 + n) * nn + k; }, 0x7fffffffffffffffll, 0,
+                    [&](int m, i64, float4 v) { return f4_scale(v, erow[m]); });
+                mma_loop_async<BM, BN, WM, false, false>(
+                    acc, smu.cy, s0, len, [&](int m, i64 li) { return cbb + li * q + s0 + m; },
+                    [&](int n, i64 li) { return dyb + li * nh * np + p0 + n; }, 0x7fffffffffffffffll,
+                    kfloor, cb_fix);
+            } else {
+                // e_s B_s · dS (K = n)
+                scaled_rows_mma<F, BM, BN, WM>(acc, sm, Bb, ng * nn, s0, len, erow, dSb, p0, np, nn);
+                mma_loop<BM, BN, WM, false, false>(
+                    acc, sm, s0, len,
+                    [&](int m, i64 li) -> float4 {  // CB[l, s .. + 4) (0 past row l)
+                        return li < len ? ld4(cbb + li * q, s0 + m, li + 1) : f4_zero();
+                    },
+                    [&](int n, i64 li) -> float4 {  // dy[l, p .. + 4)
+                        return li < len ? ld4(dyb + li * nh * np, p0 + n, np) : f4_zero();
+                    },
+                    0x7fffffffffffffffll, kfloor, cb_fix);
+            }
         };
         if (fast) run(BoolC<true>());
         else run(BoolC<false>());
@@ -260,7 +285,11 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
     i64 ng, i64 nn, i64 q, i64 nc) {
     constexpr int BM = 64, BN = 64, WM = 4;
     using S = MmaShape<BM, BN, WM>;
-    __shared__ MmaSmem<BM, BN> sm;
+    __shared__ union {
+        MmaSmem<BM, BN> g;                  // the general form's tiles
+        AsyncSmem<BM, BN, true, false> xm;  // the fast form's
+    } smu;
+    auto& sm = smu.g;
     __shared__ __align__(16) float ys[64][68];
     __shared__ float wr[64], prt[S::WN][64];
     const i64 tr = (q + 63) / 64, tn = (nn + 63) / 64;
@@ -281,6 +310,8 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
         return;
     }
     const int ref_id = mode == 0 ? chunk_end_id(seq, l, q, b, c) : prev_end_id(seq, l, q, b, c);
+    const bool fast = r0 + 64 <= len && np % 4 == 0 && nn % 4 == 0 && n0 + 64 <= nn &&
+                      aligned16(X) && aligned16(M);
     const float* Yb = Y + ((b * l + c0) * ng + g) * nn;
     for (int e = threadIdx.x; e < 64 * 64; e += NT) {
         const int r = e / 64, n = e % 64;
@@ -312,15 +343,20 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
         const float* Mb = M + ((b * nc + c) * nh + h) * np * nn;
         double acc[S::MT][S::NTT][4];
         zero_mma(acc);
-        mma_loop<BM, BN, WM, true, false>(
-            acc, sm, 0, np,
-            [&](int m, i64 k) -> float4 {  // X[r, k .. + 4)
-                const i64 r = r0 + m;
-                return r < len ? ld4(Xb + r * nh * np, k, np) : f4_zero();
-            },
-            [&](int n, i64 k) -> float4 {  // M[k, n .. + 4)
-                return k < np ? ld4(Mb + k * nn, n0 + n, nn) : f4_zero();
-            });
+        if (fast)  // whole aligned tiles: asynchronous copies
+            mma_loop_async<BM, BN, WM, true, false>(
+                acc, smu.xm, 0, np, [&](int m, i64 k) { return Xb + (r0 + m) * nh * np + k; },
+                [&](int n, i64 k) { return Mb + k * nn + n0 + n; });
+        else
+            mma_loop<BM, BN, WM, true, false>(
+                acc, sm, 0, np,
+                [&](int m, i64 k) -> float4 {  // X[r, k .. + 4)
+                    const i64 r = r0 + m;
+                    return r < len ? ld4(Xb + r * nh * np, k, np) : f4_zero();
+                },
+                [&](int n, i64 k) -> float4 {  // M[k, n .. + 4)
+                    return k < np ? ld4(Mb + k * nn, n0 + n, nn) : f4_zero();
+                });
         if (np == 0) __syncthreads();
 #pragma unroll
         for (int mt = 0; mt < S::MT; ++mt)

@@ -16,6 +16,7 @@ typedef long long i64;
 #define NT 256
 #define NT8 128  // threads of the kernels with 8 × 8 outputs per thread (64 × 128 tiles)
 #define BKK 16
+#define QS 256  // chunk positions whose per-token factors the product kernels keep in shared memory
 
 __device__ __forceinline__ float silu_f(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.0f / (1.0f + expf(-v)); }
@@ -207,9 +208,11 @@ __device__ __forceinline__ void stage_fetch(float4 (&ra)[NA], float4 (&rb)[NB], 
     }
 }
 
-// One operand's pieces into its k-major tile t[k][i] (i < W); `KC`: contiguous along k.
-template <int BX, bool KC, int NTH, int N, int W>
-__device__ __forceinline__ void stage_store_one(float (&t)[BKK][W], const float4 (&reg)[N]) {
+// One operand's pieces into its k-major tile t[k][i] (i < BX), each through `fix` (see
+// mma_loop); `KC`: contiguous along k.
+template <int BX, bool KC, int NTH, int N, int W, class FX>
+__device__ __forceinline__ void stage_store_one(float (&t)[BKK][W], const float4 (&reg)[N],
+                                                const FX& fix, i64 k0) {
     constexpr int NF = BX * BKK / 4;
 #pragma unroll
     for (int r = 0; r < N; ++r) {
@@ -217,22 +220,31 @@ __device__ __forceinline__ void stage_store_one(float (&t)[BKK][W], const float4
         if (NF % NTH != 0 && f >= NF) continue;
         if (KC) {
             const int i = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
-            t[k][i] = reg[r].x;
-            t[k + 1][i] = reg[r].y;
-            t[k + 2][i] = reg[r].z;
-            t[k + 3][i] = reg[r].w;
+            const float4 v = fix(i, k0 + k, reg[r]);
+            t[k][i] = v.x;
+            t[k + 1][i] = v.y;
+            t[k + 2][i] = v.z;
+            t[k + 3][i] = v.w;
         } else {
-            *reinterpret_cast<float4*>(&t[f / (BX / 4)][(f % (BX / 4)) * 4]) = reg[r];
+            const int k = f / (BX / 4), i = (f % (BX / 4)) * 4;
+            *reinterpret_cast<float4*>(&t[k][i]) = fix(i, k0 + k, reg[r]);
         }
     }
 }
 
-template <int BM, int BN, bool A_KC, bool B_KC, int NTH, int NA, int NB, int WA, int WB>
+template <int BM, int BN, bool A_KC, bool B_KC, int NTH, int NA, int NB, int WA, int WB, class FA,
+          class FB>
 __device__ __forceinline__ void stage_store(float (&sa)[BKK][WA], float (&sb)[BKK][WB],
-                                            const float4 (&ra)[NA], const float4 (&rb)[NB]) {
-    stage_store_one<BM, A_KC, NTH>(sa, ra);
-    stage_store_one<BN, B_KC, NTH>(sb, rb);
+                                            const float4 (&ra)[NA], const float4 (&rb)[NB],
+                                            const FA& fa, const FB& fb, i64 k0) {
+    stage_store_one<BM, A_KC, NTH>(sa, ra, fa, k0);
+    stage_store_one<BN, B_KC, NTH>(sb, rb, fb, k0);
 }
+
+// The identity fix-up (see mma_loop).
+struct NoFix {
+    __device__ float4 operator()(int, i64, float4 v) const { return v; }
+};
 
 // acc[i][j] += Σ_{k in [kbeg, kend)} A[m_i, k] · B[k, n_j] for the thread's rows m_i and
 // columns n_j (tile_row, tile_col). Steps entirely outside [kfloor, kcap] skip the thread's
@@ -257,7 +269,7 @@ __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN,
     if (kbeg < kend) stage_fetch<BM, BN, A_KC, B_KC, NTH>(ra, rb, la, lb, kbeg);
     int buf = 0;
     for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
-        stage_store<BM, BN, A_KC, B_KC, NTH>(sm.a[buf], sm.b[buf], ra, rb);
+        stage_store<BM, BN, A_KC, B_KC, NTH>(sm.a[buf], sm.b[buf], ra, rb, NoFix(), NoFix(), k0);
         __syncthreads();
         if (k0 + BKK < kend) stage_fetch<BM, BN, A_KC, B_KC, NTH>(ra, rb, la, lb, k0 + BKK);
         if (k0 <= kcap && k0 + BKK > kfloor) {
@@ -346,11 +358,17 @@ __device__ __forceinline__ void zero_mma(double (&acc)[MT][NTT][4]) {
 // gemm_loop's loaders and pipelining (see there). Steps entirely outside [kfloor, kcap] (the
 // smallest and largest k the warp's rows need: causal tiles) skip the warp's products; the
 // loaders must still give zeros past each row's own limit. `kbeg` must be a multiple of 4.
+//
+// `fa` / `fb` (optional): fix-ups fa(m, k, v) / fb(n, k, v) of each piece v that la / lb gave,
+// with the same coordinates, applied when the piece is stored, a step after it was loaded. A
+// loader that folds factors into its piece waits for its own global load at once; one that
+// leaves them to a fix-up (reading shared memory) lets the load run under a step of products.
 template <int BM, int BN, int WM, bool A_KC, bool B_KC, int NTH = NT, int MT, int NTT, class LA,
-          class LB>
+          class LB, class FA = NoFix, class FB = NoFix>
 __device__ __forceinline__ void mma_loop(double (&acc)[MT][NTT][4], MmaSmem<BM, BN, NTH>& sm,
                                          i64 kbeg, i64 kend, const LA& la, const LB& lb,
-                                         i64 kcap = 0x7fffffffffffffffll, i64 kfloor = 0) {
+                                         i64 kcap = 0x7fffffffffffffffll, i64 kfloor = 0,
+                                         const FA& fa = FA(), const FB& fb = FB()) {
     using S = MmaShape<BM, BN, WM, NTH>;
     static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
     using St = StageShape<BM, BN, NTH>;
@@ -360,7 +378,7 @@ __device__ __forceinline__ void mma_loop(double (&acc)[MT][NTT][4], MmaSmem<BM, 
     if (kbeg < kend) stage_fetch<BM, BN, A_KC, B_KC, NTH>(ra, rb, la, lb, kbeg);
     int buf = 0;
     for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
-        stage_store<BM, BN, A_KC, B_KC, NTH>(sm.a[buf], sm.b[buf], ra, rb);
+        stage_store<BM, BN, A_KC, B_KC, NTH>(sm.a[buf], sm.b[buf], ra, rb, fa, fb, k0);
         __syncthreads();
         if (k0 + BKK < kend) stage_fetch<BM, BN, A_KC, B_KC, NTH>(ra, rb, la, lb, k0 + BKK);
         if (k0 <= kcap && k0 + BKK > kfloor) {
@@ -373,7 +391,8 @@ __device__ __forceinline__ void mma_loop(double (&acc)[MT][NTT][4], MmaSmem<BM, 
                     a1[i] = (double)sm.a[buf][kk + t][wm0 + i * 16 + g + 8];
                 }
 #pragma unroll
-                for (int j = 0; j < NTT; ++j) bv[j] = (double)sm.b[buf][kk + t][wn0 + j * 8 + g];
+                for (int j = 0; j < NTT; ++j)
+                    bv[j] = (double)sm.b[buf][kk + t][wn0 + j * 8 + g];
 #pragma unroll
                 for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -383,6 +402,126 @@ __device__ __forceinline__ void mma_loop(double (&acc)[MT][NTT][4], MmaSmem<BM, 
         buf ^= 1;
     }
     __syncthreads();  // the tiles (and anything the loaders read) may be rewritten after this
+}
+
+// ---- mma_loop with asynchronous copies (cp.async), for whole aligned tiles ------------------
+// The same product as mma_loop, but the operands go from global to shared memory by cp.async
+// (16 bytes a piece, no registers on the way) through NS stages, so each step's loads are in
+// flight for NS − 1 steps of products; each thread then applies the fix-ups to the pieces it
+// copied itself, in place, before the step's barrier. Loaders give the address of a piece
+// (pa(m, k): &A[m, k] — 4 floats along A's contiguous axis, as mma_loop's la — or nullptr for
+// zeros); every piece must be 16-byte aligned (the callers' fast forms). An operand contiguous
+// along k is kept m-major (rows of BKK + 4 floats), the other k-major (rows of BM + 8): both
+// give conflict-free fragment reads, and the copies need no transposition.
+template <class T>
+struct IsNoFix {
+    static constexpr bool value = false;
+};
+template <>
+struct IsNoFix<NoFix> {
+    static constexpr bool value = true;
+};
+
+template <int BX, bool KC, int NS>
+struct AsyncTile {
+    static constexpr int R = KC ? BX : BKK, W = KC ? BKK + 4 : BX + 8;
+    float t[NS][R][W];
+    __device__ float* at(int st, int i, int k) { return KC ? &t[st][i][k] : &t[st][k][i]; }
+};
+
+template <int BM, int BN, bool A_KC, bool B_KC, int NS = 3>
+struct __align__(16) AsyncSmem {
+    AsyncTile<BM, A_KC, NS> a;
+    AsyncTile<BN, B_KC, NS> b;
+};
+
+__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const int n = src ? 16 : 0;  // 0: fill with zeros, read nothing
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src ? src : dst), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// The thread's pieces of one operand (as stage_fetch): copy (`fix` false) or fix up in place.
+// Pieces at k ≥ kend are zeros and get no fix-up.
+template <int BX, bool KC, int NTH, int NS, class P, class FX>
+__device__ __forceinline__ void async_pieces(AsyncTile<BX, KC, NS>& tile, int st, i64 k0, i64 kend,
+                                             bool fix, const P& pick, const FX& fx) {
+    constexpr int NF = BX * BKK / 4, N = (NF + NTH - 1) / NTH;
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+        const int f = threadIdx.x + r * NTH;
+        if (NF % NTH != 0 && f >= NF) continue;
+        const int i = KC ? f / (BKK / 4) : (f % (BX / 4)) * 4;
+        const int k = KC ? (f % (BKK / 4)) * 4 : f / (BX / 4);
+        float* d = tile.at(st, i, k);
+        if (!fix) cp_async16(d, k0 + k < kend ? pick(i, k0 + k) : nullptr);
+        else if (k0 + k < kend)
+            *reinterpret_cast<float4*>(d) = fx(i, k0 + k, *reinterpret_cast<const float4*>(d));
+    }
+}
+
+template <int BM, int BN, int WM, bool A_KC, bool B_KC, int NTH = NT, int NS = 3, int MT, int NTT,
+          class PA, class PB, class FA = NoFix, class FB = NoFix>
+__device__ __forceinline__ void mma_loop_async(double (&acc)[MT][NTT][4],
+                                               AsyncSmem<BM, BN, A_KC, B_KC, NS>& sm, i64 kbeg,
+                                               i64 kend, const PA& pa, const PB& pb,
+                                               i64 kcap = 0x7fffffffffffffffll, i64 kfloor = 0,
+                                               const FA& fa = FA(), const FB& fb = FB()) {
+    using S = MmaShape<BM, BN, WM, NTH>;
+    static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wm0 = S::warp_m0(), wn0 = S::warp_n0();
+    auto issue = [&](int st, i64 k0) {
+        if (k0 < kend) {
+            async_pieces<BM, A_KC, NTH>(sm.a, st, k0, kend, false, pa, fa);
+            async_pieces<BN, B_KC, NTH>(sm.b, st, k0, kend, false, pb, fb);
+        }
+        cp_async_commit();  // (an empty group past the end keeps the count uniform)
+    };
+#pragma unroll
+    for (int st = 0; st < NS - 1; ++st) issue(st, kbeg + st * BKK);
+    int st = 0;
+    for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
+        cp_async_wait<NS - 2>();  // this thread's copies of step k0 have landed
+        if (!IsNoFix<FA>::value) async_pieces<BM, A_KC, NTH>(sm.a, st, k0, kend, true, pa, fa);
+        if (!IsNoFix<FB>::value) async_pieces<BN, B_KC, NTH>(sm.b, st, k0, kend, true, pb, fb);
+        __syncthreads();  // every piece of step k0 in place; every read of step k0 − BKK done
+        issue(st == 0 ? NS - 1 : st - 1, k0 + (NS - 1) * BKK);
+        if (k0 <= kcap && k0 + BKK > kfloor) {
+#pragma unroll
+            for (int kk = 0; kk < BKK; kk += 4) {
+                double a0[MT], a1[MT], bv[NTT];
+#pragma unroll
+                for (int i = 0; i < MT; ++i) {
+                    a0[i] = (double)*sm.a.at(st, wm0 + i * 16 + g, kk + t);
+                    a1[i] = (double)*sm.a.at(st, wm0 + i * 16 + g + 8, kk + t);
+                }
+#pragma unroll
+                for (int j = 0; j < NTT; ++j) bv[j] = (double)*sm.b.at(st, wn0 + j * 8 + g, kk + t);
+#pragma unroll
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int j = 0; j < NTT; ++j) mma_f64_16x8x4(acc[i][j], a0[i], a1[i], bv[j]);
+            }
+        }
+        st = st == NS - 1 ? 0 : st + 1;
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the tiles may be rewritten after this
+}
+
+// acc[·][·][r] *= e[mma_row(·, r)]: the accumulator rows scaled by a shared-memory vector.
+template <class S, int MT, int NTT>
+__device__ __forceinline__ void scale_mma_rows(double (&acc)[MT][NTT][4], const float* e) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NTT; ++nt)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mt][nt][r] *= (double)e[mma_row<S>(mt, r)];
 }
 
 // acc += Σ_{k < nn} (R[r0 + m, k] · e[m]) · M[c0 + n, k]: rows of R (row stride rs, rows from

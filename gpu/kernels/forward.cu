@@ -183,8 +183,14 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
     constexpr int BM = 64, BN = 64, WM = 4;
     using S = MmaShape<BM, BN, WM>;
-    __shared__ MmaSmem<BM, BN> sm;
-    __shared__ float dl[BM], dll[BM], erow[BM];
+    __shared__ union {
+        MmaSmem<BM, BN> g;                               // the general form's tiles
+        AsyncSmem<BM, BN, true, false> cx;               // the fast form's: CB against x
+        AsyncSmem<BM, BN, true, true> cp;                //                  C against P
+    } smu;
+    auto& sm = smu.g;
+    __shared__ float dl[BM], dll[BM], erow[BM], urow[BM];
+    __shared__ float ka[QS], kal[QS], kdt[QS];  // a, its lo part and Δ of the chunk's first QS s
     const i64 tl = (q + BM - 1) / BM, tp = (np + BN - 1) / BN;
     BlockIdx bi;
     const i64 pt = bi.next(tp), lt = bi.next(tl), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -197,6 +203,25 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     const float* dac = dacs + ((b * nh + h) * nc + c) * q;
     const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
     const int pid = prev_end_id(seq, l, q, b, c);
+    const i64 kend = min(len, l0 + BM);
+    const float ar = dac[l0], lr = lo_at(dlc, l0);
+    // The split decay exp(a_l − a_s) = exp(a_l − a_l0) · exp(a_l0 − a_s) for the columns s < l0
+    // of the tiles left of the diagonal: both factors ≤ 1 where a does not rise (a_s ≥ a_l0 ≥
+    // a_l), so neither overflows and one underflows only where the true decay is smaller
+    // still. Then CB needs no per-element factor there: x_s takes exp(a_l0 − a_s) Δ_s and the
+    // f64 sums take u_l. Where a rises anywhere in [0, l0 + BM) the whole block keeps the
+    // per-element form.
+    bool rises = false;
+    for (i64 s = threadIdx.x; s < kend; s += NT) {
+        const float a = dac[s], al = lo_at(dlc, s);
+        const float e = (a - ar) + (al - lr);
+        if (s < l0 ? e < 0.0f : e > 0.0f) rises = true;
+        if (s < QS) {
+            ka[s] = a;
+            kal[s] = al;
+            kdt[s] = dtc[s];
+        }
+    }
     if (threadIdx.x < BM) {
         const i64 i = l0 + threadIdx.x;
         float a = 0.0f, al = 0.0f, e = 0.0f;
@@ -208,52 +233,77 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
         dl[threadIdx.x] = a;
         dll[threadIdx.x] = al;
         erow[threadIdx.x] = e;
+        urow[threadIdx.x] = i < len ? exp_seg(a, al, ar, lr) : 0.0f;  // u_l = exp(a_l − a_l0)
     }
-    __syncthreads();
+    const i64 kdiag = __syncthreads_or(rises) ? 0 : l0;
     const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
     const float* xb = x + ((b * l + c0) * nh + h) * np;
     const float* Cb = C + ((b * l + c0) * ng + g) * nn;
     const float* Pb = P + ((b * nc + c) * nh + h) * np * nn;
-    const bool fast = len == q && q % 4 == 0 && l0 + BM <= q && !seq && np % 4 == 0 && nn % BKK == 0 &&
-                      p0 + BN <= np && aligned16(cb) && aligned16(x) && aligned16(C) &&
-                      aligned16(P) && aligned16(dt) && aligned16(dacs) && (!dlo || aligned16(dlo));
+    const bool fast = len == q && q % 4 == 0 && q <= QS && l0 + BM <= q && !seq && np % 4 == 0 &&
+                      nn % BKK == 0 && p0 + BN <= np && aligned16(cb) && aligned16(x) &&
+                      aligned16(C) && aligned16(P);
     double acc[S::MT][S::NTT][4];
     zero_mma(acc);
     auto run = [&](auto fast_form) {
         constexpr bool F = decltype(fast_form)::value;
-        // Inter-chunk term: exp(a_l) C_l · P_c (K = n).
-        scaled_rows_mma<F, BM, BN, WM>(acc, sm, Cb, ng * nn, l0, len, erow, Pb, p0, np, nn);
-        // Intra-chunk term (K = s ≤ l, causal: a warp's products stop after its last row's s).
-        mma_loop<BM, BN, WM, true, false>(
-            acc, sm, 0, min(len, l0 + BM),
-            [&](int m, i64 s) -> float4 {  // CB[i, s .. + 4) exp(a_i − a_s) Δ_s, s ≤ i
-                const i64 i = l0 + m;
-                if ((!F && i >= len) || s > i) return f4_zero();
-                float4 v, da, dd, lo;
-                if (F) {
-                    v = ld4_fast(cbb + i * q + s);
-                    da = ld4_fast(dac + s);
-                    dd = ld4_fast(dtc + s);
-                    lo = dlc ? ld4_fast(dlc + s) : f4_zero();
-                } else {
-                    v = ld4(cbb + i * q, s, i + 1);
-                    da = ld4(dac, s, q);
-                    dd = ld4(dtc, s, q);
-                    lo = dlc ? ld4(dlc, s, q) : f4_zero();
-                }
-                const float a = dl[m], al = dll[m];
-                v.x *= exp_seg(a, al, da.x, lo.x) * dd.x;
-                v.y = s + 1 <= i ? v.y * (exp_seg(a, al, da.y, lo.y) * dd.y) : 0.0f;
-                v.z = s + 2 <= i ? v.z * (exp_seg(a, al, da.z, lo.z) * dd.z) : 0.0f;
-                v.w = s + 3 <= i ? v.w * (exp_seg(a, al, da.w, lo.w) * dd.w) : 0.0f;
-                return v;
-            },
-            [&](int n, i64 s) -> float4 {  // x[s, p .. + 4)
-                const float* row = xb + s * nh * np;
-                if (F) return ld4_fast(row + p0 + n);
-                return s < len ? ld4(row, p0 + n, np) : f4_zero();
-            },
-            l0 + S::warp_m0() + S::WTM - 1);
+        // a_s, lo_s, Δ_s: shared memory for s < QS (always, in the fast form)
+        auto sa = [&](i64 s) { return F || s < QS ? ka[s] : dac[s]; };
+        auto sl = [&](i64 s) { return F || s < QS ? kal[s] : lo_at(dlc, s); };
+        auto sd = [&](i64 s) { return F || s < QS ? kdt[s] : dtc[s]; };
+        // Loaders give the operands as stored; the fix-ups apply the factors a step later.
+        auto cb_at = [&](int m, i64 s) -> float4 {  // CB[i, s .. + 4), s < kend (0 past row i)
+            const i64 i = l0 + m;
+            if (F) return ld4_fast(cbb + i * q + s);
+            return i < len ? ld4(cbb + i * q, s, i + 1) : f4_zero();
+        };
+        auto x_at = [&](int n, i64 s) -> float4 {  // x[s, p .. + 4)
+            const float* row = xb + s * nh * np;
+            if (F) return ld4_fast(row + p0 + n);
+            return s < len ? ld4(row, p0 + n, np) : f4_zero();
+        };
+        auto x_fix = [&](int, i64 s, float4 v) {  // · exp(a_l0 − a_s) Δ_s (left of the diagonal)
+            return f4_scale(v, exp_seg(ar, lr, sa(s), sl(s)) * sd(s));
+        };
+        auto cb_fix = [&](int m, i64 s, float4 v) {  // · exp(a_i − a_s) Δ_s, 0 for s > i
+            const i64 i = l0 + m;
+            if (!F && i >= len) return f4_zero();
+            const float a = dl[m], al = dll[m];
+            v.x = s <= i ? v.x * (exp_seg(a, al, sa(s), sl(s)) * sd(s)) : 0.0f;
+            v.y = s + 1 <= i ? v.y * (exp_seg(a, al, sa(s + 1), sl(s + 1)) * sd(s + 1)) : 0.0f;
+            v.z = s + 2 <= i ? v.z * (exp_seg(a, al, sa(s + 2), sl(s + 2)) * sd(s + 2)) : 0.0f;
+            v.w = s + 3 <= i ? v.w * (exp_seg(a, al, sa(s + 3), sl(s + 3)) * sd(s + 3)) : 0.0f;
+            return v;
+        };
+        const i64 kcap = l0 + S::warp_m0() + S::WTM - 1;  // causal: a warp's last row's s
+        if constexpr (F) {
+            // whole aligned tiles: asynchronous copies, the factors applied in shared memory
+            auto cb_p = [&](int m, i64 s) { return cbb + (l0 + m) * q + s; };
+            auto x_p = [&](int n, i64 s) { return xb + s * nh * np + p0 + n; };
+            if (kdiag > 0) {
+                mma_loop_async<BM, BN, WM, true, false>(acc, smu.cx, 0, kdiag, cb_p, x_p,
+                                                        0x7fffffffffffffffll, 0, NoFix(), x_fix);
+                scale_mma_rows<S>(acc, urow);
+            }
+            mma_loop_async<BM, BN, WM, true, true>(
+                acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
+                [&](int n, i64 k) { return Pb + (p0 + n) * nn + k; }, 0x7fffffffffffffffll, 0,
+                [&](int m, i64, float4 v) { return f4_scale(v, erow[m]); });
+            mma_loop_async<BM, BN, WM, true, false>(acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, 0,
+                                                    cb_fix);
+        } else {
+            if (kdiag > 0) {
+                // Left of the diagonal (s < l0 ≤ l): Σ_s CB[l, s] (exp(a_l0 − a_s) Δ_s x_s), then · u_l.
+                mma_loop<BM, BN, WM, true, false>(acc, sm, 0, kdiag, cb_at, x_at,
+                                                  0x7fffffffffffffffll, 0, NoFix(), x_fix);
+                scale_mma_rows<S>(acc, urow);
+            }
+            // Inter-chunk term: exp(a_l) C_l · P_c (K = n).
+            scaled_rows_mma<F, BM, BN, WM>(acc, sm, Cb, ng * nn, l0, len, erow, Pb, p0, np, nn);
+            // The rest of the intra-chunk term (K = s ≤ l, per element; causal: a warp's
+            // products stop after its last row's s).
+            mma_loop<BM, BN, WM, true, false>(acc, sm, kdiag, kend, cb_at, x_at, kcap, 0, cb_fix);
+        }
     };
     if (fast) run(BoolC<true>());
     else run(BoolC<false>());
