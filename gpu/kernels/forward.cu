@@ -39,15 +39,20 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_kernel(
 //   out[p, n] = Σ_s w_s · X[s, p] · Y[s, n]
 // mode 0: X = x, Y = B, w_s = [id_s = id_last] exp(a_last − a_s) Δ_s   → S_c
 // mode 1: X = dy, Y = C, w_s = [id_s = id_prev] exp(a_s)                 → dP_c
-// Tile 64 (p) × 128 (n), 128 threads of 8 × 8, K = the chunk's tokens. Whole chunks without
-// seq_idx whose tiles are whole and 16-byte aligned take a fast form of the loaders (no masks,
-// no bounds, one 16-byte load each).
-extern "C" __global__ void __launch_bounds__(NT8, 3) chunk_state_kernel(
+// Tile 64 (p) × 64 (n) on the f64 tensor cores (8 warps of 16 × 32), K = the chunk's tokens.
+// Whole chunks without seq_idx whose tiles are whole and 16-byte aligned take the
+// asynchronous-copy form (w_s applied in shared memory); the rest the masked loaders.
+extern "C" __global__ void __launch_bounds__(NT, 3) chunk_state_kernel(
     int mode, const float* __restrict__ Y, const float* __restrict__ X, const float* __restrict__ dt,
     const float* __restrict__ dacs, const float* __restrict__ dlo, const int* __restrict__ seq,
     float* __restrict__ out, i64 nb, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
-    constexpr int TM = 8, TN = 8, NTH = NT8, BM = NTH / 16 * TM, BN = 16 * TN;
-    __shared__ GemmSmem<TM, TN, NTH> sm;
+    constexpr int BM = 64, BN = 64, WM = 4;
+    using S = MmaShape<BM, BN, WM>;
+    __shared__ union {
+        MmaSmem<BM, BN> g;                   // the general form's tiles
+        AsyncSmem<BM, BN, false, false> a;  // the fast form's
+    } smu;
+    __shared__ float ws[QS];  // w_s of the chunk's first QS tokens (0 past its end)
     const i64 tn = (nn + BN - 1) / BN, tp = (np + BM - 1) / BM;
     BlockIdx bi;
     const i64 nt = bi.next(tn), pt = bi.next(tp), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -62,40 +67,48 @@ extern "C" __global__ void __launch_bounds__(NT8, 3) chunk_state_kernel(
     const i64 p0 = pt * BM, n0 = nt * BN;
     const float* Xb = X + ((b * l + c0) * nh + h) * np;
     const float* Yb = Y + ((b * l + c0) * ng + g) * nn;
-    const bool fast = len == q && q % BKK == 0 && !seq && np % 4 == 0 && nn % 4 == 0 &&
+    auto w_at = [&](i64 s) {  // w_s (0 past the sequence or across a seq_idx boundary)
+        if (s >= len || seq_at(seq, l, b, c0 + s) != ref_id) return 0.0f;
+        return mode == 0 ? exp_seg(a_last, lo_last, dac[s], lo_at(dlc, s)) * dtc[s]
+                         : exp_hl(dac[s], lo_at(dlc, s));
+    };
+    for (int s = threadIdx.x; s < QS; s += NT) ws[s] = w_at(s);
+    __syncthreads();
+    const bool fast = len == q && q <= QS && !seq && np % 4 == 0 && nn % 4 == 0 &&
                       p0 + BM <= np && n0 + BN <= nn && aligned16(X) && aligned16(Y);
-    float acc[TM][TN];
-    zero_acc(acc);
-    auto run = [&](auto fast_form) {
-        constexpr bool F = decltype(fast_form)::value;
-        gemm_loop<TM, TN, false, false, NTH>(
-            acc, sm, 0, len,
-            [&](int m, i64 s) -> float4 {  // X[s, p0 + m .. + 4) · w_s
-                if (!F && (s >= len || seq_at(seq, l, b, c0 + s) != ref_id)) return f4_zero();
-                const float w = mode == 0 ? exp_seg(a_last, lo_last, dac[s], lo_at(dlc, s)) * dtc[s]
-                                          : exp_hl(dac[s], lo_at(dlc, s));
-                const float* row = Xb + s * nh * np;
-                return f4_scale(F ? ld4_fast(row + p0 + m) : ld4(row, p0 + m, np), w);
+    double acc[S::MT][S::NTT][4];
+    zero_mma(acc);
+    if (fast) {
+        mma_loop_async<BM, BN, WM, false, false>(
+            acc, smu.a, 0, len, [&](int m, i64 s) { return Xb + s * nh * np + p0 + m; },
+            [&](int n, i64 s) { return Yb + s * ng * nn + n0 + n; }, 0x7fffffffffffffffll, 0,
+            [&](int, i64 s, float4 v) { return f4_scale(v, ws[s]); });
+    } else {
+        mma_loop<BM, BN, WM, false, false>(
+            acc, smu.g, 0, len,
+            [&](int m, i64 s) -> float4 {  // X[s, p0 + m .. + 4)
+                return s < len ? ld4(Xb + s * nh * np, p0 + m, np) : f4_zero();
             },
             [&](int n, i64 s) -> float4 {  // Y[s, n0 + n .. + 4)
-                const float* row = Yb + s * ng * nn;
-                if (F) return ld4_fast(row + n0 + n);
-                return s < len ? ld4(row, n0 + n, nn) : f4_zero();
+                return s < len ? ld4(Yb + s * ng * nn, n0 + n, nn) : f4_zero();
+            },
+            0x7fffffffffffffffll, 0, [&](int, i64 s, float4 v) {  // · w_s
+                return f4_scale(v, s < QS ? ws[s] : w_at(s));
             });
-    };
-    if (fast) run(BoolC<true>());
-    else run(BoolC<false>());
+    }
     float* ob = out + ((b * nc + c) * nh + h) * np * nn;
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const i64 p = p0 + tile_row(TM, i);
-        if (p >= np) continue;
+    for (int mt = 0; mt < S::MT; ++mt)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const i64 ni = n0 + tile_col(j);
-            if (ni < nn) ob[p * nn + ni] = acc[i][j];
+        for (int r = 0; r < 4; ++r) {
+            const i64 p = p0 + mma_row<S>(mt, r);
+            if (p >= np) continue;
+#pragma unroll
+            for (int j = 0; j < S::NTT; ++j) {
+                const i64 ni = n0 + mma_col<S>(j, r);
+                if (ni < nn) ob[p * nn + ni] = (float)acc[mt][j][r];
+            }
         }
-    }
 }
 
 // state_passing [_state_passing_fwd]: one thread per (b, h, p·n) element, sequential over chunks:

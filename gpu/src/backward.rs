@@ -5,7 +5,7 @@
 //! | kernel | CUDA | work decomposition |
 //! |---|---|---|
 //! | `chunk_scan_bwd_dz` | `bwd_dz_kernel` + `sum_rows*` | thread per (h, p) column over 64-row runs |
-//! | `chunk_scan_bwd_dstates` | `chunk_state_kernel` (mode 1) | 64 × 128 (p, n) tiles (128 threads), K = tokens |
+//! | `chunk_scan_bwd_dstates` | `chunk_state_kernel` (mode 1) | 64 × 64 (p, n) tiles, f64 tensor cores (8 warps), K = tokens |
 //! | `state_passing_bwd` | `state_passing_bwd_kernel` + reduce | (b, h, p·n slice), reverse over chunks |
 //! | `chunk_scan_chunk_state_bwd_dx` | `bwd_dx_kernel` | 64 tokens × all p, K = n then l ≥ s |
 //! | `chunk_state_bwd_db` | `bwd_dbc_kernel` (mode 0) + prefix | 64 × 64 (s, n) tiles, heads of the group in turn |

@@ -7,7 +7,7 @@
 //! | kernel | CUDA | work decomposition |
 //! |---|---|---|
 //! | `chunk_cumsum` | `chunk_cumsum_kernel` | block per (b, h, c), block-parallel scan |
-//! | `chunk_state` | `chunk_state_kernel` | 64 × 128 (p, n) tiles (128 threads) per (b, c, h), K = tokens |
+//! | `chunk_state` | `chunk_state_kernel` | 64 × 64 (p, n) tiles, f64 tensor cores (8 warps), per (b, c, h), K = tokens |
 //! | `state_passing` | `state_passing_kernel` | thread per (b, h, p·n), sequential over chunks |
 //! | `bmm_chunk` | `bmm_chunk_kernel` | 64 × 128 (l, s) tiles (128 threads) per (b, c, g), K = n |
 //! | `chunk_scan` | `chunk_scan_kernel` | 64 × 64 (l, p) tiles per (b, c, h), K = n then s ≤ l, f64 tensor cores |
@@ -168,8 +168,8 @@ impl Gpu {
         let (nb, l, nh, np) = x_blhp.dim();
         self.launch(
             "chunk_state_kernel",
-            tiles128(nn) * tiles(np) * (nh * nc * nb) as u64,
-            NT8,
+            tiles(nn) * tiles(np) * (nh * nc * nb) as u64,
+            NT,
             &[
                 Arg::I32(mode),
                 y_blgn.arg(),
