@@ -137,14 +137,18 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_kernel(
 }
 
 // bmm_chunk [_bmm_chunk_fwd]: CB[i, j] = C_i · B_j per (b, c, g); 0 across ids and at padding.
-// Tile 64 (i) × 128 (j), 128 threads of 8 × 8 (as chunk_state_kernel), K = n. With `causal`,
+// Tile 64 (i) × 64 (j) on the f64 tensor cores (8 warps), K = n. With `causal`,
 // tiles entirely above the diagonal are skipped (left unwritten: the combined op never reads
 // them).
-extern "C" __global__ void __launch_bounds__(NT8, 3) bmm_chunk_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 3) bmm_chunk_kernel(
     const float* __restrict__ C, const float* __restrict__ B, const int* __restrict__ seq,
     float* __restrict__ cb, i64 nb, i64 l, i64 ng, i64 nn, i64 q, i64 nc, int causal) {
-    constexpr int TM = 8, TN = 8, NTH = NT8, BM = NTH / 16 * TM, BN = 16 * TN;
-    __shared__ GemmSmem<TM, TN, NTH> sm;
+    constexpr int BM = 64, BN = 64, WM = 4;
+    using S = MmaShape<BM, BN, WM>;
+    __shared__ union {
+        MmaSmem<BM, BN> g;                 // the general form's tiles
+        AsyncSmem<BM, BN, true, true> a;  // the fast form's
+    } smu;
     const i64 ti = (q + BM - 1) / BM, tj = (q + BN - 1) / BN;
     BlockIdx bi;
     const i64 jt = bi.next(tj), it = bi.next(ti), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
@@ -154,33 +158,41 @@ extern "C" __global__ void __launch_bounds__(NT8, 3) bmm_chunk_kernel(
     const i64 len = min(q, l - c0);
     const float* Cb = C + ((b * l + c0) * ng + g) * nn;
     const float* Bb = B + ((b * l + c0) * ng + g) * nn;
-    float acc[TM][TN];
-    zero_acc(acc);
-    gemm_loop<TM, TN, true, true, NTH>(
-        acc, sm, 0, nn,
-        [&](int m, i64 k) -> float4 {  // C[i, k .. + 4)
-            const i64 i = i0 + m;
-            return i < len ? ld4(Cb + i * ng * nn, k, nn) : f4_zero();
-        },
-        [&](int n, i64 k) -> float4 {  // B[j, k .. + 4)
-            const i64 j = j0 + n;
-            return j < len ? ld4(Bb + j * ng * nn, k, nn) : f4_zero();
-        });
+    const bool fast = i0 + BM <= len && j0 + BN <= len && nn % 4 == 0 && aligned16(C) && aligned16(B);
+    double acc[S::MT][S::NTT][4];
+    zero_mma(acc);
+    if (fast)
+        mma_loop_async<BM, BN, WM, true, true>(
+            acc, smu.a, 0, nn, [&](int m, i64 k) { return Cb + (i0 + m) * ng * nn + k; },
+            [&](int n, i64 k) { return Bb + (j0 + n) * ng * nn + k; });
+    else
+        mma_loop<BM, BN, WM, true, true>(
+            acc, smu.g, 0, nn,
+            [&](int m, i64 k) -> float4 {  // C[i, k .. + 4)
+                const i64 i = i0 + m;
+                return i < len ? ld4(Cb + i * ng * nn, k, nn) : f4_zero();
+            },
+            [&](int n, i64 k) -> float4 {  // B[j, k .. + 4)
+                const i64 j = j0 + n;
+                return j < len ? ld4(Bb + j * ng * nn, k, nn) : f4_zero();
+            });
     float* ob = cb + ((b * nc + c) * ng + g) * q * q;
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const i64 ii = i0 + tile_row(TM, i);
-        if (ii >= q) continue;
-        const int idi = ii < len ? seq_at(seq, l, b, c0 + ii) : 0;
+    for (int mt = 0; mt < S::MT; ++mt)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const i64 jj = j0 + tile_col(j);
-            if (jj >= q) continue;
-            float v = 0.0f;
-            if (ii < len && jj < len && idi == seq_at(seq, l, b, c0 + jj)) v = acc[i][j];
-            ob[ii * q + jj] = v;
+        for (int r = 0; r < 4; ++r) {
+            const i64 ii = i0 + mma_row<S>(mt, r);
+            if (ii >= q) continue;
+            const int idi = ii < len ? seq_at(seq, l, b, c0 + ii) : 0;
+#pragma unroll
+            for (int j = 0; j < S::NTT; ++j) {
+                const i64 jj = j0 + mma_col<S>(j, r);
+                if (jj >= q) continue;
+                float v = 0.0f;
+                if (ii < len && jj < len && idi == seq_at(seq, l, b, c0 + jj)) v = (float)acc[mt][j][r];
+                ob[ii * q + jj] = v;
+            }
         }
-    }
 }
 
 // chunk_scan [_chunk_scan_fwd]: per (b, c, h), rows l of a 64-row tile, columns p of a 64 tile

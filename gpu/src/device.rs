@@ -63,7 +63,7 @@ pub(crate) const KERNELS: [&str; 29] = [
 pub(crate) const NT: u32 = 256;
 
 /// Threads per block of the kernels with 8 × 8 outputs per thread (`NT8` in common.cuh):
-/// `bmm_chunk_kernel`, `bmm_chunk_bwd_kernel`.
+/// `bmm_chunk_bwd_kernel`.
 pub(crate) const NT8: u32 = 128;
 
 pub(crate) fn cuda_err(context: impl Into<String>, e: impl std::fmt::Display) -> SsdError {

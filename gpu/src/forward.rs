@@ -9,13 +9,13 @@
 //! | `chunk_cumsum` | `chunk_cumsum_kernel` | block per (b, h, c), block-parallel scan |
 //! | `chunk_state` | `chunk_state_kernel` | 64 × 64 (p, n) tiles, f64 tensor cores (8 warps), per (b, c, h), K = tokens |
 //! | `state_passing` | `state_passing_kernel` | thread per (b, h, p·n), sequential over chunks |
-//! | `bmm_chunk` | `bmm_chunk_kernel` | 64 × 128 (l, s) tiles (128 threads) per (b, c, g), K = n |
+//! | `bmm_chunk` | `bmm_chunk_kernel` | 64 × 64 (l, s) tiles, f64 tensor cores (8 warps), per (b, c, g), K = n |
 //! | `chunk_scan` | `chunk_scan_kernel` | 64 × 64 (l, p) tiles per (b, c, h), K = n then s ≤ l, f64 tensor cores |
 
 use crate::array::{
     DeviceArray1, DeviceArray2, DeviceArray3, DeviceArray4, DeviceArray5, DeviceArrayD,
 };
-use crate::device::{opt_arg, Arg, Gpu, NT, NT8};
+use crate::device::{opt_arg, Arg, Gpu, NT};
 use ssd_reference::chunking::{check_bhcq, check_cumsum_args};
 use ssd_reference::validate::{check_groups, check_shape};
 use ssd_reference::{Options, SsdError};
@@ -284,8 +284,8 @@ impl Gpu {
         let cb = self.alloc_out(ndarray::Ix5(nb, nc, ng, q, q))?;
         self.launch(
             "bmm_chunk_kernel",
-            tiles(q) * tiles128(q) * (ng * nc * nb) as u64,
-            NT8,
+            tiles(q) * tiles(q) * (ng * nc * nb) as u64,
+            NT,
             &[
                 c_blgn.arg(),
                 b_blgn.arg(),

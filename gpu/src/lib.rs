@@ -7,7 +7,7 @@
 //! runs (answering [`SsdError::NoCudaDriver`]) on machines without CUDA.
 //!
 //! Arithmetic is f32 (fused multiply-adds, no TF32, no fast math) but for the matrix products of
-//! `chunk_state`, `chunk_scan`, `chunk_scan_bwd_dstates`, `chunk_scan_chunk_state_bwd_dx`,
+//! `bmm_chunk`, `chunk_state`, `chunk_scan`, `chunk_scan_bwd_dstates`, `chunk_scan_chunk_state_bwd_dx`,
 //! `chunk_state_bwd_db` and `chunk_scan_bwd_dc`, which run on the f64 tensor cores from exactly
 //! converted f32 operands (exact products, f64 sums, one rounding to f32: at least as accurate
 //! as f32 FMAs); indices are 64-bit,
@@ -15,12 +15,12 @@
 //! run. The matmul-shaped work (CB, chunk states, chunk scan, dx, dB, dC, dCB, ddA_intra) runs
 //! through shared-memory tiled cores in kernels/common.cuh with the same operand loaders:
 //! `gemm_loop` (f32 FMAs; double-buffered operand tiles, coalesced global loads along the
-//! contiguous axis of each operand, register tiles per thread of 4 × 4 or 8 × 8 (bmm_chunk,
+//! contiguous axis of each operand, register tiles per thread of 4 × 4 or 8 × 8 (bmm_chunk_bwd,
 //! 64 × 128 outputs from 128 threads)) and `mma_loop` (the same tiles feeding `mma.sync`
-//! m16n8k4 .f64, 64 × 64 outputs from 8 warps: chunk_state, dstates, chunk_scan, dx, db, dc);
-//! whole, aligned tiles without `seq_idx` take a form of the loaders without masks or bounds
-//! checks, and for chunk_state, chunk_scan, db and dc `mma_loop_async` (cp.async copies through
-//! three stages, the per-token factors applied in shared memory).
+//! m16n8k4 .f64, 64 × 64 outputs from 8 warps: bmm_chunk, chunk_state, dstates, chunk_scan, dx,
+//! db, dc); whole, aligned tiles without `seq_idx` take a form of the loaders without masks or
+//! bounds checks, and for bmm_chunk, chunk_state, chunk_scan, db and dc `mma_loop_async`
+//! (cp.async copies through three stages, the per-token factors applied in shared memory).
 //!
 //! ```no_run
 //! use ssd_gpu::{DeviceInputs, Gpu};
