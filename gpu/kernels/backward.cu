@@ -280,7 +280,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
     } smu;
     auto& sm = smu.g;
     __shared__ __align__(16) float ys[64][68];
-    __shared__ float wr[64], prt[S::WN][64];
+    __shared__ float wr[2][64], prt[S::WN][64];
     const i64 tr = (q + 63) / 64, tn = (nn + 63) / 64;
     BlockIdx bi;
     const i64 nt = bi.next(tn), rt = bi.next(tr), g = bi.next(ng), c = bi.next(nc), b = bi.rest;
@@ -299,7 +299,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
         return;
     }
     const int ref_id = mode == 0 ? chunk_end_id(seq, l, q, b, c) : prev_end_id(seq, l, q, b, c);
-    const bool fast = r0 + 64 <= len && np % 4 == 0 && nn % 4 == 0 && n0 + 64 <= nn &&
+    const bool fast = r0 + 64 <= len && np > 0 && np % 4 == 0 && nn % 4 == 0 && n0 + 64 <= nn &&
                       aligned16(X) && aligned16(M);
     const float* Yb = Y + ((b * l + c0) * ng + g) * nn;
     for (int e = threadIdx.x; e < 64 * 64; e += NT) {
@@ -314,52 +314,39 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
         for (int j = 0; j < S::NTT; ++j)
 #pragma unroll
             for (int r = 0; r < 4; ++r) oacc[mt][j][r] = 0.0f;
-    for (i64 hh = 0; hh < hpg; ++hh) {
+    auto w_fill = [&](i64 hh, float* w) {  // w_h[r] of head hh into w (threads 0 .. 63)
         const i64 h = g * hpg + hh;
         const float* dtc = dt + ((b * nh + h) * nc + c) * q;
         const float* dac = dacs + ((b * nh + h) * nc + c) * q;
         const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
         if (threadIdx.x < 64) {
             const i64 r = r0 + threadIdx.x;
-            float w = 0.0f;
+            float v = 0.0f;
             if (r < len && seq_at(seq, l, b, c0 + r) == ref_id)
-                w = mode == 0 ? dtc[r] * exp_seg(dac[q - 1], lo_at(dlc, q - 1), dac[r], lo_at(dlc, r))
+                v = mode == 0 ? dtc[r] * exp_seg(dac[q - 1], lo_at(dlc, q - 1), dac[r], lo_at(dlc, r))
                               : exp_hl(dac[r], lo_at(dlc, r));
-            wr[threadIdx.x] = w;
+            w[threadIdx.x] = v;
         }
-        // (wr and ys are read after gemm_loop's barriers)
-        const float* Xb = X + ((b * l + c0) * nh + h) * np;
-        const float* Mb = M + ((b * nc + c) * nh + h) * np * nn;
-        double acc[S::MT][S::NTT][4];
-        zero_mma(acc);
-        if (fast)  // whole aligned tiles: asynchronous copies
-            mma_loop_async<BM, BN, WM, true, false>(
-                acc, smu.xm, 0, np, [&](int m, i64 k) { return Xb + (r0 + m) * nh * np + k; },
-                [&](int n, i64 k) { return Mb + k * nn + n0 + n; });
-        else
-            mma_loop<BM, BN, WM, true, false>(
-                acc, sm, 0, np,
-                [&](int m, i64 k) -> float4 {  // X[r, k .. + 4)
-                    const i64 r = r0 + m;
-                    return r < len ? ld4(Xb + r * nh * np, k, np) : f4_zero();
-                },
-                [&](int n, i64 k) -> float4 {  // M[k, n .. + 4)
-                    return k < np ? ld4(Mb + k * nn, n0 + n, nn) : f4_zero();
-                });
-        if (np == 0) __syncthreads();
+    };
+    double acc[S::MT][S::NTT][4];
+    zero_mma(acc);
+    // Head hh's G_h is complete in acc: fold it into out and its partials (w: its w_h, written
+    // before a barrier), then zero acc for the next head.
+    auto head_end = [&](i64 hh, const float* w) {
+        const i64 h = g * hpg + hh;
 #pragma unroll
         for (int mt = 0; mt < S::MT; ++mt)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {  // rows g and g + 8 of the mma tile
                 const int rr = mma_row<S>(mt, 2 * half);
-                const float w = wr[rr];
+                const float wv = w[rr];
                 float sum = 0.0f;
 #pragma unroll
                 for (int j = 0; j < S::NTT; ++j)
 #pragma unroll
                     for (int cc = 0; cc < 2; ++cc) {
                         const float gv = (float)acc[mt][j][2 * half + cc];
-                        oacc[mt][j][2 * half + cc] = fmaf(w, gv, oacc[mt][j][2 * half + cc]);
+                        oacc[mt][j][2 * half + cc] = fmaf(wv, gv, oacc[mt][j][2 * half + cc]);
                         sum = fmaf(ys[rr][mma_col<S>(j, cc)], gv, sum);
                     }
                 sum += __shfl_xor_sync(0xffffffffu, sum, 1);
@@ -371,10 +358,46 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
             const i64 rr = r0 + threadIdx.x;
             float sum = 0.0f;
 #pragma unroll
-            for (int w = 0; w < S::WN; ++w) sum += prt[w][threadIdx.x];
-            if (rr < q) part[(((b * nh + h) * nc + c) * tn + nt) * q + rr] = rr < len ? wr[threadIdx.x] * sum : 0.0f;
+            for (int v = 0; v < S::WN; ++v) sum += prt[v][threadIdx.x];
+            if (rr < q) part[(((b * nh + h) * nc + c) * tn + nt) * q + rr] = rr < len ? w[threadIdx.x] * sum : 0.0f;
         }
-        __syncthreads();  // wr is rewritten by the next head
+        __syncthreads();  // prt and w are rewritten for the next head
+        zero_mma(acc);
+    };
+    if (fast) {
+        // whole aligned tiles: asynchronous copies, every head's product back to back, and w of
+        // the next head filled while this one's is read
+        w_fill(0, wr[0]);  // (read after the loop's first barrier)
+        mma_async_segments<BM, BN, WM, true, false, NT>(
+            acc, smu.xm, hpg, 0, np,
+            [&](i64 hh, int m, i64 k) {
+                return X + ((b * l + c0 + r0 + m) * nh + g * hpg + hh) * np + k;
+            },
+            [&](i64 hh, int n, i64 k) {
+                return M + (((b * nc + c) * nh + g * hpg + hh) * np + k) * nn + n0 + n;
+            },
+            0x7fffffffffffffffll, 0, NoFix(), NoFix(), [&](i64 hh) {
+                if (hh + 1 < hpg) w_fill(hh + 1, wr[(hh + 1) & 1]);
+                head_end(hh, wr[hh & 1]);
+            });
+    } else {
+        for (i64 hh = 0; hh < hpg; ++hh) {
+            const i64 h = g * hpg + hh;
+            w_fill(hh, wr[0]);  // (read after mma_loop's barriers)
+            const float* Xb = X + ((b * l + c0) * nh + h) * np;
+            const float* Mb = M + ((b * nc + c) * nh + h) * np * nn;
+            mma_loop<BM, BN, WM, true, false>(
+                acc, sm, 0, np,
+                [&](int m, i64 k) -> float4 {  // X[r, k .. + 4)
+                    const i64 r = r0 + m;
+                    return r < len ? ld4(Xb + r * nh * np, k, np) : f4_zero();
+                },
+                [&](int n, i64 k) -> float4 {  // M[k, n .. + 4)
+                    return k < np ? ld4(Mb + k * nn, n0 + n, nn) : f4_zero();
+                });
+            if (np == 0) __syncthreads();
+            head_end(hh, wr[0]);
+        }
     }
     float* ob = out + ((b * l + c0) * ng + g) * nn;
 #pragma unroll

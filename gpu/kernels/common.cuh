@@ -463,6 +463,77 @@ __device__ __forceinline__ void async_pieces(AsyncTile<BX, KC, NS>& tile, int st
     }
 }
 
+// The pipeline of mma_loop_async over `nseg` segments of the same K range, back to back (the
+// next segment's copies in flight during this one's last steps): pa(seg, m, k), pb(seg, n, k);
+// after a segment's last step, end(seg) (called by every thread; it may synchronise, and must
+// leave acc as the next segment should start, e.g. zeroed).
+template <int BM, int BN, int WM, bool A_KC, bool B_KC, int NTH, int NS, int MT, int NTT, class PA,
+          class PB, class FA, class FB, class END>
+__device__ __forceinline__ void mma_async_segments(double (&acc)[MT][NTT][4],
+                                                   AsyncSmem<BM, BN, A_KC, B_KC, NS>& sm, i64 nseg,
+                                                   i64 kbeg, i64 kend, const PA& pa, const PB& pb,
+                                                   i64 kcap, i64 kfloor, const FA& fa, const FB& fb,
+                                                   const END& end) {
+    using S = MmaShape<BM, BN, WM, NTH>;
+    static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wm0 = S::warp_m0(), wn0 = S::warp_n0();
+    if (kbeg >= kend) {  // (no segment has a step: end is not called)
+        __syncthreads();
+        return;
+    }
+    i64 iseg = 0, ik0 = kbeg;  // the next step to copy
+    auto issue = [&](int st) {
+        if (iseg < nseg) {
+            const i64 sg = iseg;
+            async_pieces<BM, A_KC, NTH>(sm.a, st, ik0, kend, false,
+                                        [&](int m, i64 k) { return pa(sg, m, k); }, fa);
+            async_pieces<BN, B_KC, NTH>(sm.b, st, ik0, kend, false,
+                                        [&](int n, i64 k) { return pb(sg, n, k); }, fb);
+            ik0 += BKK;
+            if (ik0 >= kend) {
+                ik0 = kbeg;
+                ++iseg;
+            }
+        }
+        cp_async_commit();  // (an empty group past the end keeps the count uniform)
+    };
+#pragma unroll
+    for (int st = 0; st < NS - 1; ++st) issue(st);
+    int st = 0;
+    for (i64 seg = 0; seg < nseg; ++seg) {
+        for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
+            cp_async_wait<NS - 2>();  // this thread's copies of step k0 have landed
+            auto none = [](int, i64) -> const float* { return nullptr; };  // (fix-ups copy nothing)
+            if (!IsNoFix<FA>::value) async_pieces<BM, A_KC, NTH>(sm.a, st, k0, kend, true, none, fa);
+            if (!IsNoFix<FB>::value) async_pieces<BN, B_KC, NTH>(sm.b, st, k0, kend, true, none, fb);
+            __syncthreads();  // every piece of step k0 in place; every read of the step before done
+            issue(st == 0 ? NS - 1 : st - 1);
+            if (k0 <= kcap && k0 + BKK > kfloor) {
+#pragma unroll
+                for (int kk = 0; kk < BKK; kk += 4) {
+                    double a0[MT], a1[MT], bv[NTT];
+#pragma unroll
+                    for (int i = 0; i < MT; ++i) {
+                        a0[i] = (double)*sm.a.at(st, wm0 + i * 16 + g, kk + t);
+                        a1[i] = (double)*sm.a.at(st, wm0 + i * 16 + g + 8, kk + t);
+                    }
+#pragma unroll
+                    for (int j = 0; j < NTT; ++j) bv[j] = (double)*sm.b.at(st, wn0 + j * 8 + g, kk + t);
+#pragma unroll
+                    for (int i = 0; i < MT; ++i)
+#pragma unroll
+                        for (int j = 0; j < NTT; ++j) mma_f64_16x8x4(acc[i][j], a0[i], a1[i], bv[j]);
+                }
+            }
+            st = st == NS - 1 ? 0 : st + 1;
+        }
+        end(seg);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the tiles may be rewritten after this
+}
+
 template <int BM, int BN, int WM, bool A_KC, bool B_KC, int NTH = NT, int NS = 3, int MT, int NTT,
           class PA, class PB, class FA = NoFix, class FB = NoFix>
 __device__ __forceinline__ void mma_loop_async(double (&acc)[MT][NTT][4],
@@ -470,47 +541,9 @@ __device__ __forceinline__ void mma_loop_async(double (&acc)[MT][NTT][4],
                                                i64 kend, const PA& pa, const PB& pb,
                                                i64 kcap = 0x7fffffffffffffffll, i64 kfloor = 0,
                                                const FA& fa = FA(), const FB& fb = FB()) {
-    using S = MmaShape<BM, BN, WM, NTH>;
-    static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int wm0 = S::warp_m0(), wn0 = S::warp_n0();
-    auto issue = [&](int st, i64 k0) {
-        if (k0 < kend) {
-            async_pieces<BM, A_KC, NTH>(sm.a, st, k0, kend, false, pa, fa);
-            async_pieces<BN, B_KC, NTH>(sm.b, st, k0, kend, false, pb, fb);
-        }
-        cp_async_commit();  // (an empty group past the end keeps the count uniform)
-    };
-#pragma unroll
-    for (int st = 0; st < NS - 1; ++st) issue(st, kbeg + st * BKK);
-    int st = 0;
-    for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
-        cp_async_wait<NS - 2>();  // this thread's copies of step k0 have landed
-        if (!IsNoFix<FA>::value) async_pieces<BM, A_KC, NTH>(sm.a, st, k0, kend, true, pa, fa);
-        if (!IsNoFix<FB>::value) async_pieces<BN, B_KC, NTH>(sm.b, st, k0, kend, true, pb, fb);
-        __syncthreads();  // every piece of step k0 in place; every read of step k0 − BKK done
-        issue(st == 0 ? NS - 1 : st - 1, k0 + (NS - 1) * BKK);
-        if (k0 <= kcap && k0 + BKK > kfloor) {
-#pragma unroll
-            for (int kk = 0; kk < BKK; kk += 4) {
-                double a0[MT], a1[MT], bv[NTT];
-#pragma unroll
-                for (int i = 0; i < MT; ++i) {
-                    a0[i] = (double)*sm.a.at(st, wm0 + i * 16 + g, kk + t);
-                    a1[i] = (double)*sm.a.at(st, wm0 + i * 16 + g + 8, kk + t);
-                }
-#pragma unroll
-                for (int j = 0; j < NTT; ++j) bv[j] = (double)*sm.b.at(st, wn0 + j * 8 + g, kk + t);
-#pragma unroll
-                for (int i = 0; i < MT; ++i)
-#pragma unroll
-                    for (int j = 0; j < NTT; ++j) mma_f64_16x8x4(acc[i][j], a0[i], a1[i], bv[j]);
-            }
-        }
-        st = st == NS - 1 ? 0 : st + 1;
-    }
-    cp_async_wait<0>();
-    __syncthreads();  // the tiles may be rewritten after this
+    mma_async_segments<BM, BN, WM, A_KC, B_KC, NTH>(
+        acc, sm, 1, kbeg, kend, [&](i64, int m, i64 k) { return pa(m, k); },
+        [&](i64, int n, i64 k) { return pb(n, k); }, kcap, kfloor, fa, fb, [](i64) {});
 }
 
 // acc[·][·][r] *= e[mma_row(·, r)]: the accumulator rows scaled by a shared-memory vector.
