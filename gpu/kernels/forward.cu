@@ -42,7 +42,7 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_kernel(
 // Tile 64 (p) × 64 (n) on the f64 tensor cores (8 warps of 16 × 32), K = the chunk's tokens.
 // Whole chunks without seq_idx whose tiles are whole and 16-byte aligned take the
 // asynchronous-copy form (w_s applied in shared memory); the rest the masked loaders.
-extern "C" __global__ void __launch_bounds__(NT, 3) chunk_state_kernel(
+extern "C" __global__ void __launch_bounds__(NT, 4) chunk_state_kernel(
     int mode, const float* __restrict__ Y, const float* __restrict__ X, const float* __restrict__ dt,
     const float* __restrict__ dacs, const float* __restrict__ dlo, const int* __restrict__ seq,
     float* __restrict__ out, i64 nb, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
