@@ -2,7 +2,8 @@
 //
 // * `i64` index arithmetic everywhere (sequences past 2^31 elements).
 // * f32 arithmetic (fmaf contractions are single-rounding f32; no TF32, no fast math), except the
-//   products of `mma_loop`: f64 tensor-core arithmetic on exactly converted f32 operands.
+//   products of `mma_loop` / `mma_loop_async`: f64 tensor-core arithmetic on exactly converted
+//   f32 operands.
 // * Every reduction has a fixed order: warp shuffles with fixed offsets, then fixed trees in
 //   shared memory. No float atomics, so results are bit-identical run to run.
 // * `gemm_loop`: a (16·TM × 16·TN) output tile computed by 256 threads, each owning a TM × TN
@@ -10,6 +11,9 @@
 //   double-buffered shared memory by caller-supplied loaders (which fold in the decay/Δ/mask
 //   factors), with coalesced global reads along whichever axis of the operand is contiguous and
 //   the next step's reads in flight during the current step's FMAs.
+// * `mma_loop`: the same staging feeding the f64 tensor cores; `mma_loop_async` /
+//   `mma_async_segments`: the fast forms' copies by cp.async through several stages, the
+//   per-token factors applied to the copied pieces in shared memory (see there).
 
 typedef long long i64;
 
