@@ -1352,20 +1352,27 @@ fn flat_and_uneven_decay_match_reference() {
 
 /// A cumsum that rises (which the combined op never makes, A ≤ 0 and Δ ≥ 0 there, but the
 /// kernel API takes; exp(a_l − a_s) then exceeds 1): chunk_scan and dx against the reference,
-/// chunks of 256 and 300 tokens.
+/// chunks of 256 and 300 tokens, and whole chunks of 256 with p = 64 (the fast forms: chunk_scan
+/// splits the decay left of the diagonal where a does not rise and falls back per block where
+/// it does; head 2 keeps the forward's falling cumsum, so one launch takes both).
 #[test]
 fn rising_cumsum_kernels_match_reference() {
     let Some(g) = gpu() else { return };
-    for (k, &(l, q)) in [(600, 256), (333, 300)].iter().enumerate() {
+    for (k, &(l, q, np)) in [(600, 256, 16), (333, 300, 16), (512, 256, 64)]
+        .iter()
+        .enumerate()
+    {
         let seed = 9200 + k as u64;
-        let spec = ProblemSpec::plain(1, l, 3, 16, 1, 16, q).seed(seed);
+        let spec = ProblemSpec::plain(1, l, 3, np, 1, 16, q).seed(seed);
         let p = rounded(&spec.build());
         let f = ChunkedForward::run(&p.inputs(), &p.options).unwrap();
-        // the forward's cumsum mirrored, and a rise of 0.2 per token on head 1
-        let mut dacs = f.dacs_bhcq.mapv(|v| -0.5 * v);
+        // head 0: the forward's cumsum mirrored; head 1: a rise of 0.2 per token; head 2: as is
+        let mut dacs = f.dacs_bhcq.clone();
         for ((_, h, _, t), v) in dacs.indexed_iter_mut() {
-            if h == 1 {
-                *v = 0.2 * t as f64;
+            match h {
+                0 => *v *= -0.5,
+                1 => *v = 0.2 * t as f64,
+                _ => {}
             }
         }
         let (dt64, dacs64, cb64, prev64) = (
@@ -1403,7 +1410,7 @@ fn rising_cumsum_kernels_match_reference() {
             .unwrap();
         close("chunk_scan out", &down(&g, &out_g), &out, FORWARD_F32).unwrap();
 
-        let dy: Array4<f64> = r(&random_array(&[1, l, 3, 16], seed)
+        let dy: Array4<f64> = r(&random_array(&[1, l, 3, np], seed)
             .into_dimensionality()
             .unwrap());
         let ds: ndarray::Array5<f64> = r(&random_array(prev64.shape(), seed ^ 3)
@@ -1436,6 +1443,51 @@ fn rising_cumsum_kernels_match_reference() {
             .unwrap();
         close("bwd_dx dx", &down(&g, &dx_g), &dx, GRADIENT_F32).unwrap();
     }
+}
+
+/// The fast forms (whole chunks of Q ≤ 256 without seq_idx, p a multiple of 64: asynchronous
+/// copies through shared memory, chunk_scan's decay split left of the diagonal tile, db / dc as
+/// one pipeline over the heads) against the reference: the combined forward and backward and
+/// every kernel alone, with the usual decay and under strong decay (where exp(a_l0 − a_s) of
+/// the split falls below f32's range), one shape with a ragged last chunk.
+#[test]
+fn fast_forms_match_reference() {
+    let Some(g) = gpu() else { return };
+    let mut failures = Vec::new();
+    for (k, (b, l, h, p, gr, n, q)) in [
+        (1, 512, 2, 64, 1, 64, 256),
+        (2, 384, 3, 64, 1, 128, 128),
+        (1, 700, 2, 128, 2, 64, 256),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 9300 + k as u64;
+        let mut spec = ProblemSpec::plain(b, l, h, p, gr, n, q)
+            .seed(seed)
+            .all_options();
+        spec.seq_idx = false;
+        let prob = spec.build();
+        let label = format!("({b}, {l}, {h}, {p}, {gr}, {n}) Q={q}");
+        if let Err(e) = check_combined(&g, &prob, seed, true) {
+            failures.push(format!("{label}: combined: {e}"));
+        }
+        if let Err(e) = check_forward_kernels(&g, &prob) {
+            failures.push(format!("{label}: forward kernels: {e}"));
+        }
+        if let Err(e) = check_backward_kernels(&g, &prob, seed) {
+            failures.push(format!("{label}: backward kernels: {e}"));
+        }
+        let strong = strong_decay(&spec, seed ^ 0x5D);
+        strong_decay_case(
+            &g,
+            &format!("strong decay {label}"),
+            &strong,
+            seed,
+            &mut failures,
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The same inputs give bit-identical outputs and gradients, run after run, and on another
