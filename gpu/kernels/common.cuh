@@ -192,24 +192,34 @@ struct StageShape {
     static constexpr int NA = (NAF + NTH - 1) / NTH, NB = (NBF + NTH - 1) / NTH;
 };
 
+// Piece f of an operand's BX × BKK step (float4 pieces along its contiguous axis): its first
+// element's tile coordinate i (< BX) and k (< BKK). `KC`: contiguous along k (a piece is 4
+// consecutive k of one i), else along i (4 consecutive i at one k).
+template <int BX, bool KC>
+__device__ __forceinline__ void piece_at(int f, int& i, int& k) {
+    i = KC ? f / (BKK / 4) : (f % (BX / 4)) * 4;
+    k = KC ? (f % (BKK / 4)) * 4 : f / (BX / 4);
+}
+
+// The thread's pieces of one operand from its loader, into registers.
+template <int BX, bool KC, int NTH, int N, class L>
+__device__ __forceinline__ void stage_fetch_one(float4 (&reg)[N], const L& ld, i64 k0) {
+    constexpr int NF = BX * BKK / 4;
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+        const int f = threadIdx.x + r * NTH;
+        if (NF % NTH != 0 && f >= NF) continue;
+        int i, k;
+        piece_at<BX, KC>(f, i, k);
+        reg[r] = ld(i, k0 + k);
+    }
+}
+
 template <int BM, int BN, bool A_KC, bool B_KC, int NTH, int NA, int NB, class LA, class LB>
 __device__ __forceinline__ void stage_fetch(float4 (&ra)[NA], float4 (&rb)[NB], const LA& la,
                                             const LB& lb, i64 k0) {
-    using St = StageShape<BM, BN, NTH>;
-#pragma unroll
-    for (int r = 0; r < NA; ++r) {
-        const int f = threadIdx.x + r * NTH;
-        if (St::NAF % NTH != 0 && f >= St::NAF) continue;
-        if (A_KC) ra[r] = la(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
-        else ra[r] = la((f % (BM / 4)) * 4, k0 + f / (BM / 4));
-    }
-#pragma unroll
-    for (int r = 0; r < NB; ++r) {
-        const int f = threadIdx.x + r * NTH;
-        if (St::NBF % NTH != 0 && f >= St::NBF) continue;
-        if (B_KC) rb[r] = lb(f / (BKK / 4), k0 + (f % (BKK / 4)) * 4);
-        else rb[r] = lb((f % (BN / 4)) * 4, k0 + f / (BN / 4));
-    }
+    stage_fetch_one<BM, A_KC, NTH>(ra, la, k0);
+    stage_fetch_one<BN, B_KC, NTH>(rb, lb, k0);
 }
 
 // One operand's pieces into its k-major tile t[k][i] (i < BX), each through `fix` (see
@@ -222,16 +232,16 @@ __device__ __forceinline__ void stage_store_one(float (&t)[BKK][W], const float4
     for (int r = 0; r < N; ++r) {
         const int f = threadIdx.x + r * NTH;
         if (NF % NTH != 0 && f >= NF) continue;
+        int i, k;
+        piece_at<BX, KC>(f, i, k);
+        const float4 v = fix(i, k0 + k, reg[r]);
         if (KC) {
-            const int i = f / (BKK / 4), k = (f % (BKK / 4)) * 4;
-            const float4 v = fix(i, k0 + k, reg[r]);
             t[k][i] = v.x;
             t[k + 1][i] = v.y;
             t[k + 2][i] = v.z;
             t[k + 3][i] = v.w;
         } else {
-            const int k = f / (BX / 4), i = (f % (BX / 4)) * 4;
-            *reinterpret_cast<float4*>(&t[k][i]) = fix(i, k0 + k, reg[r]);
+            *reinterpret_cast<float4*>(&t[k][i]) = v;
         }
     }
 }
@@ -448,22 +458,36 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-// The thread's pieces of one operand (as stage_fetch): copy (`fix` false) or fix up in place.
-// Pieces at k ≥ kend are zeros and get no fix-up.
-template <int BX, bool KC, int NTH, int NS, class P, class FX>
-__device__ __forceinline__ void async_pieces(AsyncTile<BX, KC, NS>& tile, int st, i64 k0, i64 kend,
-                                             bool fix, const P& pick, const FX& fx) {
+// The thread's pieces of one operand (as stage_fetch) of step k0 into stage st: copied from
+// pick(i, k), zeros at k ≥ kend.
+template <int BX, bool KC, int NTH, int NS, class P>
+__device__ __forceinline__ void async_copy(AsyncTile<BX, KC, NS>& tile, int st, i64 k0, i64 kend,
+                                           const P& pick) {
     constexpr int NF = BX * BKK / 4, N = (NF + NTH - 1) / NTH;
 #pragma unroll
     for (int r = 0; r < N; ++r) {
         const int f = threadIdx.x + r * NTH;
         if (NF % NTH != 0 && f >= NF) continue;
-        const int i = KC ? f / (BKK / 4) : (f % (BX / 4)) * 4;
-        const int k = KC ? (f % (BKK / 4)) * 4 : f / (BX / 4);
-        float* d = tile.at(st, i, k);
-        if (!fix) cp_async16(d, k0 + k < kend ? pick(i, k0 + k) : nullptr);
-        else if (k0 + k < kend)
-            *reinterpret_cast<float4*>(d) = fx(i, k0 + k, *reinterpret_cast<const float4*>(d));
+        int i, k;
+        piece_at<BX, KC>(f, i, k);
+        cp_async16(tile.at(st, i, k), k0 + k < kend ? pick(i, k0 + k) : nullptr);
+    }
+}
+
+// The same pieces, once landed, through the fix-up fx in place (not the zeros at k ≥ kend).
+template <int BX, bool KC, int NTH, int NS, class FX>
+__device__ __forceinline__ void async_fix(AsyncTile<BX, KC, NS>& tile, int st, i64 k0, i64 kend,
+                                          const FX& fx) {
+    constexpr int NF = BX * BKK / 4, N = (NF + NTH - 1) / NTH;
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+        const int f = threadIdx.x + r * NTH;
+        if (NF % NTH != 0 && f >= NF) continue;
+        int i, k;
+        piece_at<BX, KC>(f, i, k);
+        if (k0 + k >= kend) continue;
+        float4* d = reinterpret_cast<float4*>(tile.at(st, i, k));
+        *d = fx(i, k0 + k, *d);
     }
 }
 
@@ -490,10 +514,8 @@ __device__ __forceinline__ void mma_async_segments(double (&acc)[MT][NTT][4],
     auto issue = [&](int st) {
         if (iseg < nseg) {
             const i64 sg = iseg;
-            async_pieces<BM, A_KC, NTH>(sm.a, st, ik0, kend, false,
-                                        [&](int m, i64 k) { return pa(sg, m, k); }, fa);
-            async_pieces<BN, B_KC, NTH>(sm.b, st, ik0, kend, false,
-                                        [&](int n, i64 k) { return pb(sg, n, k); }, fb);
+            async_copy<BM, A_KC, NTH>(sm.a, st, ik0, kend, [&](int m, i64 k) { return pa(sg, m, k); });
+            async_copy<BN, B_KC, NTH>(sm.b, st, ik0, kend, [&](int n, i64 k) { return pb(sg, n, k); });
             ik0 += BKK;
             if (ik0 >= kend) {
                 ik0 = kbeg;
@@ -508,9 +530,8 @@ __device__ __forceinline__ void mma_async_segments(double (&acc)[MT][NTT][4],
     for (i64 seg = 0; seg < nseg; ++seg) {
         for (i64 k0 = kbeg; k0 < kend; k0 += BKK) {
             cp_async_wait<NS - 2>();  // this thread's copies of step k0 have landed
-            auto none = [](int, i64) -> const float* { return nullptr; };  // (fix-ups copy nothing)
-            if (!IsNoFix<FA>::value) async_pieces<BM, A_KC, NTH>(sm.a, st, k0, kend, true, none, fa);
-            if (!IsNoFix<FB>::value) async_pieces<BN, B_KC, NTH>(sm.b, st, k0, kend, true, none, fb);
+            if (!IsNoFix<FA>::value) async_fix<BM, A_KC, NTH>(sm.a, st, k0, kend, fa);
+            if (!IsNoFix<FB>::value) async_fix<BN, B_KC, NTH>(sm.b, st, k0, kend, fb);
             __syncthreads();  // every piece of step k0 in place; every read of the step before done
             issue(st == 0 ? NS - 1 : st - 1);
             if (k0 <= kcap && k0 + BKK > kfloor) {
@@ -565,7 +586,8 @@ __device__ __forceinline__ void scale_mma_rows(double (&acc)[MT][NTT][4], const 
 // rlen on are zero) scaled per tile row by e (shared memory), against rows of M (row stride nn,
 // rows from mlen on are zero); both contiguous along k. The inter-chunk products of chunk_scan
 // (C·exp(a) against the states) and of dx (B·e against dstates). F: the fast form (whole
-// tiles, 16-byte aligned rows, nn a multiple of BKK; the caller checks).
+// tiles, 16-byte aligned rows, nn a multiple of BKK; the caller checks). On the f64 tensor cores
+// (mma_loop).
 template <bool F>
 struct ScaledRowsOperands {
     const float* R;
@@ -586,18 +608,6 @@ struct ScaledRowsOperands {
     }
 };
 
-template <bool F, int TM, int TN, int NTH = NT>
-__device__ __forceinline__ void scaled_rows_gemm(float (&acc)[TM][TN], GemmSmem<TM, TN, NTH>& sm,
-                                                 const float* R, i64 rs, i64 r0, i64 rlen,
-                                                 const float* e, const float* M, i64 c0, i64 mlen,
-                                                 i64 nn) {
-    const ScaledRowsOperands<F> o{R, rs, r0, rlen, e, M, c0, mlen, nn};
-    gemm_loop<TM, TN, true, true, NTH>(
-        acc, sm, 0, nn, [&](int m, i64 k) { return o.a(m, k); },
-        [&](int n, i64 k) { return o.b(n, k); });
-}
-
-// scaled_rows_gemm on the f64 tensor cores (mma_loop; same operands and fast form).
 template <bool F, int BM, int BN, int WM, int NTH = NT, int MT, int NTT>
 __device__ __forceinline__ void scaled_rows_mma(double (&acc)[MT][NTT][4], MmaSmem<BM, BN, NTH>& sm,
                                                 const float* R, i64 rs, i64 r0, i64 rlen,

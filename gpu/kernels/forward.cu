@@ -276,16 +276,14 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
         auto sa = [&](i64 s) { return F || s < QS ? ka[s] : dac[s]; };
         auto sl = [&](i64 s) { return F || s < QS ? kal[s] : lo_at(dlc, s); };
         auto sd = [&](i64 s) { return F || s < QS ? kdt[s] : dtc[s]; };
-        // Loaders give the operands as stored; the fix-ups apply the factors a step later.
+        // The general form's loaders give the operands as stored; the fix-ups apply the factors
+        // a step later (in both forms).
         auto cb_at = [&](int m, i64 s) -> float4 {  // CB[i, s .. + 4), s < kend (0 past row i)
             const i64 i = l0 + m;
-            if (F) return ld4_fast(cbb + i * q + s);
             return i < len ? ld4(cbb + i * q, s, i + 1) : f4_zero();
         };
         auto x_at = [&](int n, i64 s) -> float4 {  // x[s, p .. + 4)
-            const float* row = xb + s * nh * np;
-            if (F) return ld4_fast(row + p0 + n);
-            return s < len ? ld4(row, p0 + n, np) : f4_zero();
+            return s < len ? ld4(xb + s * nh * np, p0 + n, np) : f4_zero();
         };
         auto x_fix = [&](int, i64 s, float4 v) {  // · exp(a_l0 − a_s) Δ_s (left of the diagonal)
             return f4_scale(v, exp_seg(ar, lr, sa(s), sl(s)) * sd(s));
