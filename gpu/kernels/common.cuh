@@ -449,30 +449,56 @@ struct __align__(16) AsyncSmem {
     AsyncTile<BN, B_KC, NS> b;
 };
 
-__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    const int n = src ? 16 : 0;  // 0: fill with zeros, read nothing
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src ? src : dst), "r"(n));
+// 16 bytes from global src to shared address d, or zeros when !valid (src not read).
+__device__ __forceinline__ void cp_async16(unsigned d, const float* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-// The thread's pieces of one operand (as stage_fetch) of step k0 into stage st: copied from
-// pick(i, k), zeros at k ≥ kend.
-template <int BX, bool KC, int NTH, int NS, class P>
-__device__ __forceinline__ void async_copy(AsyncTile<BX, KC, NS>& tile, int st, i64 k0, i64 kend,
-                                           const P& pick) {
-    constexpr int NF = BX * BKK / 4, N = (NF + NTH - 1) / NTH;
+// The thread's pieces of one operand (as stage_fetch) in flight: their source pointers (for the
+// step to copy next), their shared-memory addresses in stage 0 and their k within a step.
+// `start` takes the pointers of step k0 from pick(i, k) (which must be affine in k: each later
+// step adds BKK·ks); `copy` copies them into stage st (zeros at pieces whose k is ≥ krem, the
+// k left in the range) and moves them on a step.
+template <int BX, bool KC, int NTH, int NS>
+struct AsyncStream {
+    static constexpr int NF = BX * BKK / 4, N = (NF + NTH - 1) / NTH;
+    static constexpr unsigned STAGE = sizeof(float) * AsyncTile<BX, KC, NS>::R * AsyncTile<BX, KC, NS>::W;
+    const float* src[N];
+    unsigned dst[N];
+    int kin[N];
+    __device__ explicit AsyncStream(AsyncTile<BX, KC, NS>& tile) {
 #pragma unroll
-    for (int r = 0; r < N; ++r) {
-        const int f = threadIdx.x + r * NTH;
-        if (NF % NTH != 0 && f >= NF) continue;
-        int i, k;
-        piece_at<BX, KC>(f, i, k);
-        cp_async16(tile.at(st, i, k), k0 + k < kend ? pick(i, k0 + k) : nullptr);
+        for (int r = 0; r < N; ++r) {
+            const int f = threadIdx.x + r * NTH;
+            int i = 0, k = 0;
+            if (NF % NTH == 0 || f < NF) piece_at<BX, KC>(f, i, k);
+            dst[r] = (unsigned)__cvta_generic_to_shared(tile.at(0, i, k));
+            kin[r] = k;
+        }
     }
-}
+    template <class P>
+    __device__ __forceinline__ void start(const P& pick, i64 k0) {
+#pragma unroll
+        for (int r = 0; r < N; ++r) {
+            const int f = threadIdx.x + r * NTH;
+            int i = 0, k = 0;
+            if (NF % NTH == 0 || f < NF) piece_at<BX, KC>(f, i, k);
+            src[r] = pick(i, k0 + k);
+        }
+    }
+    __device__ __forceinline__ void copy(int st, int krem, i64 step) {
+#pragma unroll
+        for (int r = 0; r < N; ++r) {
+            const int f = threadIdx.x + r * NTH;
+            if (NF % NTH != 0 && f >= NF) continue;
+            cp_async16(dst[r] + st * STAGE, src[r], kin[r] < krem);
+            src[r] += step;
+        }
+    }
+};
 
 // The same pieces, once landed, through the fix-up fx in place (not the zeros at k ≥ kend).
 template <int BX, bool KC, int NTH, int NS, class FX>
@@ -510,16 +536,26 @@ __device__ __forceinline__ void mma_async_segments(double (&acc)[MT][NTT][4],
         __syncthreads();
         return;
     }
-    i64 iseg = 0, ik0 = kbeg;  // the next step to copy
+    // the next step to copy: segment iseg, k = kbeg + ik
+    const int klen = (int)(kend - kbeg);
+    i64 iseg = 0;
+    int ik = 0;
+    AsyncStream<BM, A_KC, NTH, NS> sa(sm.a);
+    AsyncStream<BN, B_KC, NTH, NS> sb(sm.b);
+    const i64 ksa = pa(0, 0, kbeg + 1) - pa(0, 0, kbeg), ksb = pb(0, 0, kbeg + 1) - pb(0, 0, kbeg);
+    auto begin = [&](i64 sg) {
+        sa.start([&](int m, i64 k) { return pa(sg, m, k); }, kbeg);
+        sb.start([&](int n, i64 k) { return pb(sg, n, k); }, kbeg);
+    };
+    begin(0);
     auto issue = [&](int st) {
         if (iseg < nseg) {
-            const i64 sg = iseg;
-            async_copy<BM, A_KC, NTH>(sm.a, st, ik0, kend, [&](int m, i64 k) { return pa(sg, m, k); });
-            async_copy<BN, B_KC, NTH>(sm.b, st, ik0, kend, [&](int n, i64 k) { return pb(sg, n, k); });
-            ik0 += BKK;
-            if (ik0 >= kend) {
-                ik0 = kbeg;
-                ++iseg;
+            sa.copy(st, klen - ik, BKK * ksa);
+            sb.copy(st, klen - ik, BKK * ksb);
+            ik += BKK;
+            if (ik >= klen) {
+                ik = 0;
+                if (++iseg < nseg) begin(iseg);
             }
         }
         cp_async_commit();  // (an empty group past the end keeps the count uniform)
