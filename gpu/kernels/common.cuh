@@ -313,8 +313,9 @@ __device__ __forceinline__ void gemm_loop(float (&acc)[TM][TN], GemmSmem<TM, TN,
 
 // ---- f64 tensor-core products (DMMA) of f32 operands ---------------------------------------
 // `mma_loop` computes the same tile product as `gemm_loop`, from the same loaders, on the f64
-// tensor cores (mma.sync m16n8k4 .f64): every f32 operand converts exactly to f64, every
-// product is exact and the sums are f64, rounded to f32 once at the end. That is more accurate
+// tensor cores (mma.sync m16n8k4 .f64; m16n8k8 in the asynchronous form): every f32 operand
+// converts exactly to f64, every product is exact and the sums are f64, rounded to f32 once
+// at the end. That is more accurate
 // than f32 FMAs and involves no TF32 (or any other) rounding of the inputs; on the H100 the f64
 // tensor-core rate (65 TFLOP/s measured) is above the f32 FMA rate (58), and one instruction
 // does 512 FMAs where an FFMA does 32, which frees the issue slots for the loaders' decays.
@@ -356,6 +357,16 @@ __device__ __forceinline__ void mma_f64_16x8x4(double (&c)[4], double a0, double
         "{%0,%1,%2,%3};"
         : "+d"(c[0]), "+d"(c[1]), "+d"(c[2]), "+d"(c[3])
         : "d"(a0), "d"(a1), "d"(b0));
+}
+
+// The same with k = 8: a = (A[g][k], A[g + 8][k], A[g][k + 4], A[g + 8][k + 4]) and
+// b = (B[k][g], B[k + 4][g]) for k = t (any pairing of the k slots works, if A and B agree).
+__device__ __forceinline__ void mma_f64_16x8x8(double (&c)[4], const double (&a)[4], double b0, double b1) {
+    asm(
+        "mma.sync.aligned.m16n8k8.row.col.f64.f64.f64.f64 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+d"(c[0]), "+d"(c[1]), "+d"(c[2]), "+d"(c[3])
+        : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(b0), "d"(b1));
 }
 
 template <int MT, int NTT>
@@ -572,19 +583,24 @@ __device__ __forceinline__ void mma_async_segments(double (&acc)[MT][NTT][4],
             issue(st == 0 ? NS - 1 : st - 1);
             if (k0 <= kcap && k0 + BKK > kfloor) {
 #pragma unroll
-                for (int kk = 0; kk < BKK; kk += 4) {
-                    double a0[MT], a1[MT], bv[NTT];
+                for (int kk = 0; kk < BKK; kk += 8) {
+                    double av[MT][4], b0[NTT], b1[NTT];
 #pragma unroll
                     for (int i = 0; i < MT; ++i) {
-                        a0[i] = (double)*sm.a.at(st, wm0 + i * 16 + g, kk + t);
-                        a1[i] = (double)*sm.a.at(st, wm0 + i * 16 + g + 8, kk + t);
+                        av[i][0] = (double)*sm.a.at(st, wm0 + i * 16 + g, kk + t);
+                        av[i][1] = (double)*sm.a.at(st, wm0 + i * 16 + g + 8, kk + t);
+                        av[i][2] = (double)*sm.a.at(st, wm0 + i * 16 + g, kk + t + 4);
+                        av[i][3] = (double)*sm.a.at(st, wm0 + i * 16 + g + 8, kk + t + 4);
                     }
 #pragma unroll
-                    for (int j = 0; j < NTT; ++j) bv[j] = (double)*sm.b.at(st, wn0 + j * 8 + g, kk + t);
+                    for (int j = 0; j < NTT; ++j) {
+                        b0[j] = (double)*sm.b.at(st, wn0 + j * 8 + g, kk + t);
+                        b1[j] = (double)*sm.b.at(st, wn0 + j * 8 + g, kk + t + 4);
+                    }
 #pragma unroll
                     for (int i = 0; i < MT; ++i)
 #pragma unroll
-                        for (int j = 0; j < NTT; ++j) mma_f64_16x8x4(acc[i][j], a0[i], a1[i], bv[j]);
+                        for (int j = 0; j < NTT; ++j) mma_f64_16x8x8(acc[i][j], av[i], b0[j], b1[j]);
                 }
             }
             st = st == NS - 1 ? 0 : st + 1;

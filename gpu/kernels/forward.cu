@@ -268,6 +268,9 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     const bool fast = len == q && q % 4 == 0 && q <= QS && l0 + BM <= q && !seq && np % 4 == 0 &&
                       nn % BKK == 0 && p0 + BN <= np && aligned16(cb) && aligned16(x) &&
                       aligned16(C) && aligned16(P);
+    // D (one per head) joins the fast form's diagonal tile: CB[l, l] Δ_l + D against x_l.
+    const bool dfold = fast && D && !d_per_channel;
+    const float dh = dfold ? D[h] : 0.0f;
     double acc[S::MT][S::NTT][4];
     zero_mma(acc);
     auto run = [&](auto fast_form) {
@@ -312,8 +315,16 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
                 acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
                 [&](int n, i64 k) { return Pb + (p0 + n) * nn + k; }, 0x7fffffffffffffffll, 0,
                 [&](int m, i64, float4 v) { return f4_scale(v, erow[m]); });
-            mma_loop_async<BM, BN, WM, true, false>(acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, 0,
-                                                    cb_fix);
+            mma_loop_async<BM, BN, WM, true, false>(
+                acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, 0, [&](int m, i64 s, float4 v) {
+                    v = cb_fix(m, s, v);
+                    const i64 d = l0 + m - s;  // which of the piece's columns is row m's own, if any
+                    v.x += d == 0 ? dh : 0.0f;
+                    v.y += d == 1 ? dh : 0.0f;
+                    v.z += d == 2 ? dh : 0.0f;
+                    v.w += d == 3 ? dh : 0.0f;
+                    return v;
+                });
         } else {
             if (kdiag > 0) {
                 // Left of the diagonal (s < l0 ≤ l): Σ_s CB[l, s] (exp(a_l0 − a_s) Δ_s x_s), then · u_l.
@@ -342,7 +353,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
                 const i64 p = p0 + mma_col<S>(nt, r);
                 if (p >= np) continue;
                 float yv = (float)acc[mt][nt][r];
-                if (D) yv += (d_per_channel ? D[h * np + p] : D[h]) * x[rowo + p];
+                if (D && !dfold) yv += (d_per_channel ? D[h * np + p] : D[h]) * x[rowo + p];
                 if (z) {
                     out[rowo + p] = yv * silu_f(z[rowo + p]);
                     y_out[rowo + p] = yv;

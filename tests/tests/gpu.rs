@@ -1449,7 +1449,8 @@ fn rising_cumsum_kernels_match_reference() {
 /// copies through shared memory, chunk_scan's decay split left of the diagonal tile, db / dc as
 /// one pipeline over the heads) against the reference: the combined forward and backward and
 /// every kernel alone, with the usual decay and under strong decay (where exp(a_l0 − a_s) of
-/// the split falls below f32's range), one shape with a ragged last chunk.
+/// the split falls below f32's range), one shape with a ragged last chunk; `D` of shape (h),
+/// which the fast chunk_scan adds in its diagonal tile, on two shapes, (h, p) on the other.
 #[test]
 fn fast_forms_match_reference() {
     let Some(g) = gpu() else { return };
@@ -1467,8 +1468,12 @@ fn fast_forms_match_reference() {
             .seed(seed)
             .all_options();
         spec.seq_idx = false;
+        // D of shape (h) joins chunk_scan's diagonal tile in the fast form; (h, p) does not
+        if k != 1 {
+            spec.d = DKind::PerHead;
+        }
         let prob = spec.build();
-        let label = format!("({b}, {l}, {h}, {p}, {gr}, {n}) Q={q}");
+        let label = format!("({b}, {l}, {h}, {p}, {gr}, {n}) Q={q} D {:?}", spec.d);
         if let Err(e) = check_combined(&g, &prob, seed, true) {
             failures.push(format!("{label}: combined: {e}"));
         }
