@@ -434,8 +434,10 @@ __device__ __forceinline__ void mma_loop(double (&acc)[MT][NTT][4], MmaSmem<BM, 
 // (16 bytes a piece, no registers on the way) through NS stages, so each step's loads are in
 // flight for NS − 1 steps of products; each thread then applies the fix-ups to the pieces it
 // copied itself, in place, before the step's barrier. Loaders give the address of a piece
-// (pa(m, k): &A[m, k] — 4 floats along A's contiguous axis, as mma_loop's la — or nullptr for
-// zeros); every piece must be 16-byte aligned (the callers' fast forms). An operand contiguous
+// (pa(m, k): &A[m, k] — 4 floats along A's contiguous axis, as mma_loop's la), affine in k with
+// one k stride for every m and segment (they are asked once per segment, and the pointers then
+// step on: AsyncStream); pieces at k ≥ kend are zeros, not read. Every piece must be 16-byte
+// aligned (the callers' fast forms). An operand contiguous
 // along k is kept m-major (rows of BKK + 4 floats), the other k-major (rows of BM + 8): both
 // give conflict-free fragment reads, and the copies need no transposition.
 template <class T>
