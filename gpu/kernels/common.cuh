@@ -181,6 +181,13 @@ __device__ __forceinline__ float4 ld4(const float* row, i64 i0, i64 n) {
 __device__ __forceinline__ int tile_row(int tm, int i) { return (threadIdx.x >> 4) * tm + i; }
 __device__ __forceinline__ int tile_col(int j) { return (j >> 2) * 64 + (threadIdx.x & 15) * 4 + (j & 3); }
 
+// The float4 pieces of an operand's BX × BKK step (NF) and how many of them one of NTH
+// threads holds (N).
+template <int BX, int NTH>
+struct Pieces {
+    static constexpr int NF = BX * BKK / 4, N = (NF + NTH - 1) / NTH;
+};
+
 // The operand staging of `gemm_loop` and `mma_loop` for one BKK-deep step of a BM × BN tile
 // from NTH threads: `stage_fetch` has the loaders give the thread's float4 pieces of A (BM × BKK)
 // and B (BKK × BN) into registers (pieces past the tile, where NTH does not divide it, are not
@@ -188,8 +195,7 @@ __device__ __forceinline__ int tile_col(int j) { return (j >> 2) * 64 + (threadI
 // (transposing scalar stores for an operand contiguous along k, else one 16-byte store).
 template <int BM, int BN, int NTH>
 struct StageShape {
-    static constexpr int NAF = BM * BKK / 4, NBF = BN * BKK / 4;  // float4 pieces per step
-    static constexpr int NA = (NAF + NTH - 1) / NTH, NB = (NBF + NTH - 1) / NTH;
+    static constexpr int NA = Pieces<BM, NTH>::N, NB = Pieces<BN, NTH>::N;
 };
 
 // Piece f of an operand's BX × BKK step (float4 pieces along its contiguous axis): its first
@@ -201,18 +207,26 @@ __device__ __forceinline__ void piece_at(int f, int& i, int& k) {
     k = KC ? (f % (BKK / 4)) * 4 : f / (BX / 4);
 }
 
-// The thread's pieces of one operand from its loader, into registers.
-template <int BX, bool KC, int NTH, int N, class L>
-__device__ __forceinline__ void stage_fetch_one(float4 (&reg)[N], const L& ld, i64 k0) {
-    constexpr int NF = BX * BKK / 4;
+// fn(r, i, k) for each of the thread's pieces of an operand's BX × BKK step: piece
+// f = threadIdx.x + r·NTH (r < N, the thread's count), at tile coordinates (i, k) (piece_at);
+// pieces past the step, where NTH does not divide it, are skipped.
+template <int BX, bool KC, int NTH, class F>
+__device__ __forceinline__ void each_piece(const F& fn) {
+    constexpr int NF = Pieces<BX, NTH>::NF, N = Pieces<BX, NTH>::N;
 #pragma unroll
     for (int r = 0; r < N; ++r) {
         const int f = threadIdx.x + r * NTH;
         if (NF % NTH != 0 && f >= NF) continue;
         int i, k;
         piece_at<BX, KC>(f, i, k);
-        reg[r] = ld(i, k0 + k);
+        fn(r, i, k);
     }
+}
+
+// The thread's pieces of one operand from its loader, into registers.
+template <int BX, bool KC, int NTH, int N, class L>
+__device__ __forceinline__ void stage_fetch_one(float4 (&reg)[N], const L& ld, i64 k0) {
+    each_piece<BX, KC, NTH>([&](int r, int i, int k) { reg[r] = ld(i, k0 + k); });
 }
 
 template <int BM, int BN, bool A_KC, bool B_KC, int NTH, int NA, int NB, class LA, class LB>
@@ -227,13 +241,7 @@ __device__ __forceinline__ void stage_fetch(float4 (&ra)[NA], float4 (&rb)[NB], 
 template <int BX, bool KC, int NTH, int N, int W, class FX>
 __device__ __forceinline__ void stage_store_one(float (&t)[BKK][W], const float4 (&reg)[N],
                                                 const FX& fix, i64 k0) {
-    constexpr int NF = BX * BKK / 4;
-#pragma unroll
-    for (int r = 0; r < N; ++r) {
-        const int f = threadIdx.x + r * NTH;
-        if (NF % NTH != 0 && f >= NF) continue;
-        int i, k;
-        piece_at<BX, KC>(f, i, k);
+    each_piece<BX, KC, NTH>([&](int r, int i, int k) {
         const float4 v = fix(i, k0 + k, reg[r]);
         if (KC) {
             t[k][i] = v.x;
@@ -243,7 +251,7 @@ __device__ __forceinline__ void stage_store_one(float (&t)[BKK][W], const float4
         } else {
             *reinterpret_cast<float4*>(&t[k][i]) = v;
         }
-    }
+    });
 }
 
 template <int BM, int BN, bool A_KC, bool B_KC, int NTH, int NA, int NB, int WA, int WB, class FA,
@@ -477,39 +485,26 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // k left in the range) and moves them on a step.
 template <int BX, bool KC, int NTH, int NS>
 struct AsyncStream {
-    static constexpr int NF = BX * BKK / 4, N = (NF + NTH - 1) / NTH;
+    static constexpr int N = Pieces<BX, NTH>::N;
     static constexpr unsigned STAGE = sizeof(float) * AsyncTile<BX, KC, NS>::R * AsyncTile<BX, KC, NS>::W;
     const float* src[N];
     unsigned dst[N];
     int kin[N];
     __device__ explicit AsyncStream(AsyncTile<BX, KC, NS>& tile) {
-#pragma unroll
-        for (int r = 0; r < N; ++r) {
-            const int f = threadIdx.x + r * NTH;
-            int i = 0, k = 0;
-            if (NF % NTH == 0 || f < NF) piece_at<BX, KC>(f, i, k);
+        each_piece<BX, KC, NTH>([&](int r, int i, int k) {
             dst[r] = (unsigned)__cvta_generic_to_shared(tile.at(0, i, k));
             kin[r] = k;
-        }
+        });
     }
     template <class P>
     __device__ __forceinline__ void start(const P& pick, i64 k0) {
-#pragma unroll
-        for (int r = 0; r < N; ++r) {
-            const int f = threadIdx.x + r * NTH;
-            int i = 0, k = 0;
-            if (NF % NTH == 0 || f < NF) piece_at<BX, KC>(f, i, k);
-            src[r] = pick(i, k0 + k);
-        }
+        each_piece<BX, KC, NTH>([&](int r, int i, int k) { src[r] = pick(i, k0 + k); });
     }
     __device__ __forceinline__ void copy(int st, int krem, i64 step) {
-#pragma unroll
-        for (int r = 0; r < N; ++r) {
-            const int f = threadIdx.x + r * NTH;
-            if (NF % NTH != 0 && f >= NF) continue;
+        each_piece<BX, KC, NTH>([&](int r, int, int) {
             cp_async16(dst[r] + st * STAGE, src[r], kin[r] < krem);
             src[r] += step;
-        }
+        });
     }
 };
 
@@ -517,17 +512,11 @@ struct AsyncStream {
 template <int BX, bool KC, int NTH, int NS, class FX>
 __device__ __forceinline__ void async_fix(AsyncTile<BX, KC, NS>& tile, int st, i64 k0, i64 kend,
                                           const FX& fx) {
-    constexpr int NF = BX * BKK / 4, N = (NF + NTH - 1) / NTH;
-#pragma unroll
-    for (int r = 0; r < N; ++r) {
-        const int f = threadIdx.x + r * NTH;
-        if (NF % NTH != 0 && f >= NF) continue;
-        int i, k;
-        piece_at<BX, KC>(f, i, k);
-        if (k0 + k >= kend) continue;
+    each_piece<BX, KC, NTH>([&](int, int i, int k) {
+        if (k0 + k >= kend) return;
         float4* d = reinterpret_cast<float4*>(tile.at(st, i, k));
         *d = fx(i, k0 + k, *d);
-    }
+    });
 }
 
 // The pipeline of mma_loop_async over `nseg` segments of the same K range, back to back (the
