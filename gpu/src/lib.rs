@@ -20,7 +20,8 @@
 //! m16n8k4 .f64, 64 × 64 outputs from 8 warps: bmm_chunk, chunk_state, dstates, chunk_scan, dx,
 //! db, dc); whole, aligned tiles without `seq_idx` take a form of the loaders without masks or
 //! bounds checks, and for bmm_chunk, chunk_state, chunk_scan, db and dc `mma_loop_async`
-//! (cp.async copies through three stages, the per-token factors applied in shared memory).
+//! (cp.async copies through three stages, the per-token factors applied in shared memory,
+//! products on `mma.sync` m16n8k8 .f64).
 //!
 //! ```no_run
 //! use ssd_gpu::{DeviceInputs, Gpu};
