@@ -56,6 +56,15 @@ __device__ __forceinline__ float exp_seg(float ha, float la, float hb, float lb)
     return expf((ha - hb) + (la - lb));
 }
 
+// exp(a − b) as exp_seg, with the rounding of ha − hb kept (two-sum): accurate to expf's own
+// error however far apart a and b are, where exp_seg's argument carries ulp(a − b) / 2.
+__device__ __forceinline__ float exp_seg_exact(float ha, float la, float hb, float lb) {
+    const float d = ha - hb;
+    const float bv = d - ha;
+    const float err = (ha - (d - bv)) + (-hb - bv);
+    return expf(d) * (1.0f + (err + (la - lb)));
+}
+
 // exp(a) for a = h + l (|l| ≤ ulp(h)/2, so exp(h)(1 + l) is exact to second order).
 __device__ __forceinline__ float exp_hl(float h, float l) { return expf(h) * (1.0f + l); }
 
@@ -700,6 +709,7 @@ __device__ __forceinline__ void zero_acc(float (&acc)[TM][TN]) {
 struct BlockIdx {
     i64 rest;
     __device__ BlockIdx() : rest((i64)blockIdx.x) {}
+    __device__ explicit BlockIdx(i64 linear) : rest(linear) {}
     __device__ i64 next(i64 extent) {
         i64 v = rest % extent;
         rest /= extent;

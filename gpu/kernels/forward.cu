@@ -42,20 +42,27 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_kernel(
 // Tile 64 (p) × 64 (n) on the f64 tensor cores (8 warps of 16 × 32), K = the chunk's tokens.
 // Whole chunks without seq_idx whose tiles are whole and 16-byte aligned take the
 // asynchronous-copy form (w_s applied in shared memory); the rest the masked loaders.
-extern "C" __global__ void __launch_bounds__(NT, 4) chunk_state_kernel(
-    int mode, const float* __restrict__ Y, const float* __restrict__ X, const float* __restrict__ dt,
-    const float* __restrict__ dacs, const float* __restrict__ dlo, const int* __restrict__ seq,
-    float* __restrict__ out, i64 nb, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
+// The product of one block: (b, c, h) and its 64 × 64 tile of (p, n), tile = pt · tn + nt,
+// rounded to f32 and staged in shared memory, then handed to epi(st, p0, n0): element (p, n) is
+// st[(p − p0) · CS_LD + n − n0] (for p < np, n < nn), so the epilogue can walk the tile with
+// coalesced accesses (each_state_elem).
+constexpr int CS_LD = 72;  // the staged tile's row stride (2-way conflicts at most on its stores)
+template <class Epi>
+__device__ __forceinline__ void chunk_state_block(
+    i64 b, i64 c, i64 h, i64 tile, int mode, const float* __restrict__ Y, const float* __restrict__ X,
+    const float* __restrict__ dt, const float* __restrict__ dacs, const float* __restrict__ dlo,
+    const int* __restrict__ seq, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc,
+    const Epi& epi) {
     constexpr int BM = 64, BN = 64, WM = 4;
     using S = MmaShape<BM, BN, WM>;
     __shared__ union {
         MmaSmem<BM, BN> g;                   // the general form's tiles
         AsyncSmem<BM, BN, false, false> a;  // the fast form's
+        float st[BM * CS_LD];               // the result, staged for the epilogue
     } smu;
     __shared__ float ws[QS];  // w_s of the chunk's first QS tokens (0 past its end)
-    const i64 tn = (nn + BN - 1) / BN, tp = (np + BM - 1) / BM;
-    BlockIdx bi;
-    const i64 nt = bi.next(tn), pt = bi.next(tp), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
+    const i64 tn = (nn + BN - 1) / BN;
+    const i64 nt = tile % tn, pt = tile / tn;
     const i64 g = h / (nh / ng);
     const i64 c0 = c * q;
     const i64 len = min(q, l - c0);
@@ -96,19 +103,111 @@ extern "C" __global__ void __launch_bounds__(NT, 4) chunk_state_kernel(
                 return f4_scale(v, s < QS ? ws[s] : w_at(s));
             });
     }
-    float* ob = out + ((b * nc + c) * nh + h) * np * nn;
+    __syncthreads();  // every warp's last fragment reads are done
 #pragma unroll
     for (int mt = 0; mt < S::MT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const i64 p = p0 + mma_row<S>(mt, r);
-            if (p >= np) continue;
+        for (int r = 0; r < 4; ++r)
 #pragma unroll
-            for (int j = 0; j < S::NTT; ++j) {
-                const i64 ni = n0 + mma_col<S>(j, r);
-                if (ni < nn) ob[p * nn + ni] = (float)acc[mt][j][r];
+            for (int j = 0; j < S::NTT; ++j)
+                smu.st[mma_row<S>(mt, r) * CS_LD + mma_col<S>(j, r)] = (float)acc[mt][j][r];
+    __syncthreads();
+    epi(smu.st, p0, n0);
+}
+
+// The staged 64 × 64 tile at (p0, n0), clipped to np × nn, as fn(v, p, n), thread by thread
+// along rows (coalesced).
+template <class F>
+__device__ __forceinline__ void each_state_elem(const float* st, i64 p0, i64 n0, i64 np, i64 nn,
+                                                const F& fn) {
+#pragma unroll
+    for (int e = threadIdx.x; e < 64 * 64; e += NT) {
+        const int i = e / 64, j = e % 64;
+        const i64 p = p0 + i, n = n0 + j;
+        if (p < np && n < nn) fn(st[i * CS_LD + j], p, n);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NT, 4) chunk_state_kernel(
+    int mode, const float* __restrict__ Y, const float* __restrict__ X, const float* __restrict__ dt,
+    const float* __restrict__ dacs, const float* __restrict__ dlo, const int* __restrict__ seq,
+    float* __restrict__ out, i64 nb, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
+    BlockIdx bi;
+    const i64 tile = bi.next(((nn + 63) / 64) * ((np + 63) / 64)), h = bi.next(nh), c = bi.next(nc),
+              b = bi.rest;
+    chunk_state_block(
+        b, c, h, tile, mode, Y, X, dt, dacs, dlo, seq, l, nh, np, ng, nn, q, nc,
+        [&](const float* st, i64 p0, i64 n0) {
+            float* ob = out + ((b * nc + c) * nh + h) * np * nn;
+            each_state_elem(st, p0, n0, np, nn, [&](float v, i64 p, i64 n) { ob[p * nn + n] = v; });
+        });
+}
+
+// The decay of the state entering chunk c into H_c: [id_end(c) = id_end(c−1)] exp(a_last,c).
+__device__ __forceinline__ float chunk_decay(const float* dacs, const float* dlo, const int* seq,
+                                             i64 l, i64 q, i64 nh, i64 nc, i64 b, i64 h, i64 c) {
+    const bool same = chunk_end_id(seq, l, q, b, c) == prev_end_id(seq, l, q, b, c);
+    const i64 il = ((b * nh + h) * nc + c) * q + q - 1;
+    return same ? exp_hl(dacs[il], lo_at(dlo, il)) : 0.0f;
+}
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_release(int* p, int v) {
+    asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// chunk_state and state_passing in one kernel (the combined forward): the block of chunk c
+// computes S_c as chunk_state_kernel does, waits for chunk c − 1's block of the same tile to
+// have written P_c = H_{c−1}, and writes H_c = decay_c · P_c + S_c as P_{c+1} (fin for the last
+// chunk; P_0 = init, or 0, from chunk 0's block). The same f32 operations as state_passing_kernel,
+// in the same order, so the results are those of the two kernels. Blocks take their coordinates
+// from a ticket (sync[0], from 0; innermost first tile, h, b, c), so a block's predecessor has
+// always started before it and the wait cannot deadlock; chunk c − 1's blocks are a whole row of
+// b · h · tiles tickets ahead, so they have mostly finished by the time they are waited for.
+// sync[1 + ((b·nh + h)·tiles + tile)·nc + c] = 1 once P_c of that tile is written; sync is zero
+// at launch.
+extern "C" __global__ void __launch_bounds__(NT, 4) chunk_state_passing_kernel(
+    const float* __restrict__ B, const float* __restrict__ x, const float* __restrict__ dt,
+    const float* __restrict__ dacs, const float* __restrict__ dlo, const int* __restrict__ seq,
+    const float* __restrict__ init, float* __restrict__ prev, float* __restrict__ fin,
+    int* __restrict__ sync, i64 nb, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
+    __shared__ int ticket;
+    if (threadIdx.x == 0) ticket = atomicAdd(sync, 1);
+    __syncthreads();
+    const i64 tiles = ((nn + 63) / 64) * ((np + 63) / 64), pn = np * nn;
+    BlockIdx bi((i64)ticket);
+    const i64 tile = bi.next(tiles), h = bi.next(nh), b = bi.next(nb), c = bi.rest;
+    chunk_state_block(
+        b, c, h, tile, 0, B, x, dt, dacs, dlo, seq, l, nh, np, ng, nn, q, nc,
+        [&](const float* st, i64 p0, i64 n0) {
+            int* ready = sync + 1 + ((b * nh + h) * tiles + tile) * nc;
+            const float decay = chunk_decay(dacs, dlo, seq, l, q, nh, nc, b, h, c);
+            float* pc = prev + ((b * nc + c) * nh + h) * pn;
+            const float* hin = pc;
+            if (c == 0) {
+                hin = init ? init + (b * nh + h) * pn : nullptr;
+            } else {
+                if (threadIdx.x == 0)
+                    while (ld_acquire(ready + c) == 0) __nanosleep(32);
+                __syncthreads();
             }
-        }
+            float* hout = c + 1 < nc ? pc + nh * pn : fin + (b * nh + h) * pn;
+            each_state_elem(st, p0, n0, np, nn, [&](float v, i64 p, i64 n) {
+                const i64 e = p * nn + n;
+                const float H = hin ? __ldcg(hin + e) : 0.0f;
+                if (c == 0) pc[e] = H;
+                hout[e] = fmaf(decay, H, v);
+            });
+            if (c + 1 < nc) {
+                __threadfence();
+                __syncthreads();
+                if (threadIdx.x == 0) st_release(ready + c + 1, 1);
+            }
+        });
 }
 
 // state_passing [_state_passing_fwd]: one thread per (b, h, p·n) element, sequential over chunks:
@@ -128,10 +227,7 @@ extern "C" __global__ void __launch_bounds__(NT) state_passing_kernel(
     for (i64 c = 0; c < nc; ++c) {
         const i64 o = ((b * nc + c) * nh + h) * pn + e;
         prev[o] = H;
-        const bool same = chunk_end_id(seq, l, q, b, c) == prev_end_id(seq, l, q, b, c);
-        const i64 il = ((b * nh + h) * nc + c) * q + q - 1;
-        const float decay = same ? exp_hl(dacs[il], lo_at(dlo, il)) : 0.0f;
-        H = decay * H + states[o];
+        H = fmaf(chunk_decay(dacs, dlo, seq, l, q, nh, nc, b, h, c), H, states[o]);
     }
     fin[(b * nh + h) * pn + e] = H;
 }
@@ -216,6 +312,8 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     auto& sm = smu.g;
     __shared__ float dl[BM], dll[BM], erow[BM], urow[BM];
     __shared__ float ka[QS], kal[QS], kdt[QS];  // a, its lo part and Δ of the chunk's first QS s
+    __shared__ __align__(16) float kx[QS];  // exp(a_l0 − a_s) Δ_s for s < min(kend, QS)
+    __shared__ float dfrow[BM];               // D exp(a_l0 − a_l) (the flat form's D)
     const i64 tl = (q + BM - 1) / BM, tp = (np + BN - 1) / BN;
     BlockIdx bi;
     const i64 pt = bi.next(tp), lt = bi.next(tl), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -236,17 +334,27 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     // still. Then CB needs no per-element factor there: x_s takes exp(a_l0 − a_s) Δ_s and the
     // f64 sums take u_l. Where a rises anywhere in [0, l0 + BM) the whole block keeps the
     // per-element form.
-    bool rises = false;
+    // Where a also falls by at most FLAT across the diagonal tile (the block is "flat"), the
+    // diagonal tile takes the same split, exp(a_l − a_s) = u_l · exp(a_l0 − a_s) with the second
+    // factor now ≥ 1 but ≤ e^FLAT: CB[l, s] takes the column factor from a table, with no exp per
+    // element. Both factors are exp_seg_exact's, so the split costs about an ulp.
+    constexpr float FLAT = 40.0f;
+    bool rises = false, steep = false;
     for (i64 s = threadIdx.x; s < kend; s += NT) {
         const float a = dac[s], al = lo_at(dlc, s);
         const float e = (a - ar) + (al - lr);
         if (s < l0 ? e < 0.0f : e > 0.0f) rises = true;
+        if (e < -FLAT) steep = true;
         if (s < QS) {
+            const float d = dtc[s];
             ka[s] = a;
             kal[s] = al;
-            kdt[s] = dtc[s];
+            kdt[s] = d;
+            kx[s] = exp_seg_exact(ar, lr, a, al) * d;
         }
     }
+    const bool dfold = D && !d_per_channel;
+    const float dh = dfold ? D[h] : 0.0f;
     if (threadIdx.x < BM) {
         const i64 i = l0 + threadIdx.x;
         float a = 0.0f, al = 0.0f, e = 0.0f;
@@ -258,9 +366,11 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
         dl[threadIdx.x] = a;
         dll[threadIdx.x] = al;
         erow[threadIdx.x] = e;
-        urow[threadIdx.x] = i < len ? exp_seg(a, al, ar, lr) : 0.0f;  // u_l = exp(a_l − a_l0)
+        urow[threadIdx.x] = i < len ? exp_seg_exact(a, al, ar, lr) : 0.0f;  // u_l = exp(a_l − a_l0)
+        dfrow[threadIdx.x] = i < len ? dh * exp_seg_exact(ar, lr, a, al) : 0.0f;
     }
-    const i64 kdiag = __syncthreads_or(rises) ? 0 : l0;
+    const bool any_rise = __syncthreads_or(rises), flat = !any_rise && !__syncthreads_or(steep);
+    const i64 kdiag = any_rise ? 0 : l0;
     const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
     const float* xb = x + ((b * l + c0) * nh + h) * np;
     const float* Cb = C + ((b * l + c0) * ng + g) * nn;
@@ -269,8 +379,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
                       nn % BKK == 0 && p0 + BN <= np && aligned16(cb) && aligned16(x) &&
                       aligned16(C) && aligned16(P);
     // D (one per head) joins the fast form's diagonal tile: CB[l, l] Δ_l + D against x_l.
-    const bool dfold = fast && D && !d_per_channel;
-    const float dh = dfold ? D[h] : 0.0f;
+    const bool dfast = fast && dfold;
     double acc[S::MT][S::NTT][4];
     zero_mma(acc);
     auto run = [&](auto fast_form) {
@@ -289,7 +398,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
             return s < len ? ld4(xb + s * nh * np, p0 + n, np) : f4_zero();
         };
         auto x_fix = [&](int, i64 s, float4 v) {  // · exp(a_l0 − a_s) Δ_s (left of the diagonal)
-            return f4_scale(v, exp_seg(ar, lr, sa(s), sl(s)) * sd(s));
+            return f4_scale(v, F || s < QS ? kx[s] : exp_seg_exact(ar, lr, sa(s), sl(s)) * sd(s));
         };
         auto cb_fix = [&](int m, i64 s, float4 v) {  // · exp(a_i − a_s) Δ_s, 0 for s > i
             const i64 i = l0 + m;
@@ -306,25 +415,45 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
             // whole aligned tiles: asynchronous copies, the factors applied in shared memory
             auto cb_p = [&](int m, i64 s) { return cbb + (l0 + m) * q + s; };
             auto x_p = [&](int n, i64 s) { return xb + s * nh * np + p0 + n; };
-            if (kdiag > 0) {
+            auto inter = [&] {  // + exp(a_l) C_l · P_c
+                mma_loop_async<BM, BN, WM, true, true>(
+                    acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
+                    [&](int n, i64 k) { return Pb + (p0 + n) * nn + k; }, 0x7fffffffffffffffll,
+                    0, [&](int m, i64, float4 v) { return f4_scale(v, erow[m]); });
+            };
+            // D on row m's own column (d = l0 + m − s: which of the piece's columns it is, if any)
+            auto add_d = [](float4 v, i64 d, float dv) {
+                v.x += d == 0 ? dv : 0.0f;
+                v.y += d == 1 ? dv : 0.0f;
+                v.z += d == 2 ? dv : 0.0f;
+                v.w += d == 3 ? dv : 0.0f;
+                return v;
+            };
+            if (kdiag > 0)
                 mma_loop_async<BM, BN, WM, true, false>(acc, smu.cx, 0, kdiag, cb_p, x_p,
                                                         0x7fffffffffffffffll, 0, NoFix(), x_fix);
+            if (flat) {
+                // the diagonal tile: CB[l, s] exp(a_l0 − a_s) Δ_s (0 for s > l) + D exp(a_l0 − a_l)
+                mma_loop_async<BM, BN, WM, true, false>(
+                    acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, 0, [&](int m, i64 s, float4 v) {
+                        const i64 d = l0 + m - s;
+                        const float4 f = *reinterpret_cast<const float4*>(&kx[s]);
+                        v.x = d >= 0 ? v.x * f.x : 0.0f;
+                        v.y = d >= 1 ? v.y * f.y : 0.0f;
+                        v.z = d >= 2 ? v.z * f.z : 0.0f;
+                        v.w = d >= 3 ? v.w * f.w : 0.0f;
+                        return add_d(v, d, dfrow[m]);
+                    });
                 scale_mma_rows<S>(acc, urow);
+                inter();
+            } else {
+                if (kdiag > 0) scale_mma_rows<S>(acc, urow);
+                inter();
+                mma_loop_async<BM, BN, WM, true, false>(
+                    acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, 0, [&](int m, i64 s, float4 v) {
+                        return add_d(cb_fix(m, s, v), l0 + m - s, dh);
+                    });
             }
-            mma_loop_async<BM, BN, WM, true, true>(
-                acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
-                [&](int n, i64 k) { return Pb + (p0 + n) * nn + k; }, 0x7fffffffffffffffll, 0,
-                [&](int m, i64, float4 v) { return f4_scale(v, erow[m]); });
-            mma_loop_async<BM, BN, WM, true, false>(
-                acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, 0, [&](int m, i64 s, float4 v) {
-                    v = cb_fix(m, s, v);
-                    const i64 d = l0 + m - s;  // which of the piece's columns is row m's own, if any
-                    v.x += d == 0 ? dh : 0.0f;
-                    v.y += d == 1 ? dh : 0.0f;
-                    v.z += d == 2 ? dh : 0.0f;
-                    v.w += d == 3 ? dh : 0.0f;
-                    return v;
-                });
         } else {
             if (kdiag > 0) {
                 // Left of the diagonal (s < l0 ≤ l): Σ_s CB[l, s] (exp(a_l0 − a_s) Δ_s x_s), then · u_l.
@@ -353,7 +482,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
                 const i64 p = p0 + mma_col<S>(nt, r);
                 if (p >= np) continue;
                 float yv = (float)acc[mt][nt][r];
-                if (D && !dfold) yv += (d_per_channel ? D[h * np + p] : D[h]) * x[rowo + p];
+                if (D && !dfast) yv += (d_per_channel ? D[h * np + p] : D[h]) * x[rowo + p];
                 if (z) {
                     out[rowo + p] = yv * silu_f(z[rowo + p]);
                     y_out[rowo + p] = yv;

@@ -3,7 +3,10 @@
 //! on inputs validated and uploaded once by [`DeviceInputs::upload`]; plus host-to-host
 //! conveniences.
 //!
-//! Forward: `chunk_cumsum → chunk_state → state_passing → bmm_chunk → chunk_scan`.
+//! Forward: `chunk_cumsum → chunk_state → state_passing → bmm_chunk → chunk_scan`, with
+//! `chunk_state` and `state_passing` as one kernel (`chunk_state_passing_kernel`: each chunk's
+//! block passes the state on to the next chunk's, so the per-chunk states never reach memory;
+//! the same f32 operations as the two kernels).
 //! Backward (from the saved [`GpuChunkedForward`]): `chunk_scan_bwd_dz →
 //! chunk_scan_bwd_dstates → state_passing_bwd → chunk_scan_chunk_state_bwd_dx →
 //! chunk_scan_bwd_dcb with chunk_scan_bwd_ddacs_stable (one pass, one `⟨dy, x⟩` product per
@@ -243,7 +246,6 @@ impl Gpu {
         inputs: &DeviceInputs,
         options: &Options,
     ) -> Result<GpuChunkedForward, SsdError> {
-        let dims = inputs.dims;
         if options.chunk_size == 0 {
             return Err(SsdError::ZeroChunkSize);
         }
@@ -257,37 +259,15 @@ impl Gpu {
         let dacs_lo_bhcq = lo.expect("requested");
         let dlo = Some(&dacs_lo_bhcq);
         let seq = inputs.seq_idx.as_ref();
-        let nc = dims.seqlen.div_ceil(options.chunk_size);
-        let states = self.alloc_out(ndarray::Ix5(
-            dims.batch,
-            nc,
-            dims.nheads,
-            dims.headdim,
-            dims.dstate,
-        ))?;
-        self.chunk_state_like(
-            0,
+        let (prev_states_bchpn, final_states) = self.chunk_state_passing(
             &inputs.b,
             &inputs.x,
             &dt_bhcq,
             &dacs_bhcq,
             dlo,
-            seq,
-            &states,
-            dims.ngroups,
-            dims.dstate,
-            options.chunk_size,
-            nc,
-        )?;
-        let (prev_states_bchpn, final_states) = self.state_passing_lo(
-            &states,
-            &dacs_bhcq,
-            dlo,
             inputs.initial_states.as_ref(),
             seq,
-            dims.seqlen,
         )?;
-        drop(states);
         let cb_bcgqq = self.bmm_chunk_impl(&inputs.c, &inputs.b, options.chunk_size, seq, true)?;
         let (out, y) = self.chunk_scan_lo(
             &cb_bcgqq,

@@ -27,13 +27,14 @@ pub(crate) const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every `extern "C"` kernel of [`SOURCES`].
-pub(crate) const KERNELS: [&str; 29] = [
+pub(crate) const KERNELS: [&str; 30] = [
     "fill_f32_kernel",
     "fma_peak_kernel",
     "fill_hash_kernel",
     "chunk_cumsum_kernel",
     "chunk_state_kernel",
     "state_passing_kernel",
+    "chunk_state_passing_kernel",
     "bmm_chunk_kernel",
     "chunk_scan_kernel",
     "bwd_dz_kernel",
@@ -658,4 +659,50 @@ impl<T: DeviceRepr, D: Dimension> DeviceArray<T, D> {
 /// An optional buffer as a kernel argument (null when absent).
 pub(crate) fn opt_arg<T: DeviceRepr, D: Dimension>(a: Option<&DeviceArray<T, D>>) -> Arg<'_> {
     a.map_or(Arg::Null, |a| a.arg())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KERNELS, SOURCES};
+
+    /// Every kernel named in a launch is in [`KERNELS`] (looked up at compile time; a name
+    /// missing there would only fail when launched), and every entry of [`KERNELS`] is defined
+    /// in [`SOURCES`].
+    #[test]
+    fn launched_kernels_are_listed_and_defined() {
+        let rust = [
+            include_str!("forward.rs"),
+            include_str!("backward.rs"),
+            include_str!("combined.rs"),
+            include_str!("decode.rs"),
+            include_str!("norm.rs"),
+            include_str!("device.rs"),
+        ];
+        let mut launched = 0;
+        for text in rust {
+            for piece in text.split('"').skip(1).step_by(2) {
+                let is_name = piece.ends_with("_kernel")
+                    && piece
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit());
+                if is_name {
+                    launched += 1;
+                    assert!(
+                        KERNELS.contains(&piece),
+                        "{piece} is launched but not in KERNELS"
+                    );
+                }
+            }
+        }
+        assert!(
+            launched >= KERNELS.len(),
+            "found only {launched} kernel names in launches"
+        );
+        for name in KERNELS {
+            let defined = SOURCES
+                .iter()
+                .any(|(_, src)| src.contains(&format!(" {name}(")));
+            assert!(defined, "{name} is in KERNELS but no source defines it");
+        }
+    }
 }

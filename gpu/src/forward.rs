@@ -252,6 +252,60 @@ impl Gpu {
         Ok((prev, fin))
     }
 
+    /// `chunk_state` then `state_passing` as one kernel, for the combined forward (the
+    /// states `S_c` never reach memory): `(prev_states_bchpn, final_states_bhpn)`, the results of
+    /// the two kernels. `x`, `B`, `dt` and `dA_cumsum` are the caller's to have checked.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn chunk_state_passing(
+        &self,
+        b_blgn: &DeviceArray4,
+        x_blhp: &DeviceArray4,
+        dt_bhcq: &DeviceArray4,
+        dacs_bhcq: &DeviceArray4,
+        dlo: Option<&DeviceArray4>,
+        initial_states_bhpn: Option<&DeviceArray4>,
+        seq_idx: Option<&DeviceArray2<i32>>,
+    ) -> Result<(DeviceArray5, DeviceArray4), SsdError> {
+        let (nb, l, nh, np) = x_blhp.dim();
+        let (_, _, ng, nn) = b_blgn.dim();
+        let (_, _, nc, q) = dt_bhcq.dim();
+        if let Some(init) = initial_states_bhpn {
+            check_shape("initial_states", &[nb, nh, np, nn], init.shape())?;
+        }
+        check_seq(seq_idx, nb, l)?;
+        let prev = self.alloc_out(ndarray::Ix5(nb, nc, nh, np, nn))?;
+        let fin = self.alloc_out(ndarray::Ix4(nb, nh, np, nn))?;
+        let blocks = tiles(nn) * tiles(np) * (nh * nc * nb) as u64;
+        // the ticket counter, then one ready flag per (b, h, tile, c)
+        let sync = self.zeros::<i32, _>(ndarray::Ix1(1 + blocks as usize))?;
+        self.launch(
+            "chunk_state_passing_kernel",
+            blocks,
+            NT,
+            &[
+                b_blgn.arg(),
+                x_blhp.arg(),
+                dt_bhcq.arg(),
+                dacs_bhcq.arg(),
+                opt_arg(dlo),
+                opt_arg(seq_idx),
+                opt_arg(initial_states_bhpn),
+                prev.arg(),
+                fin.arg(),
+                sync.arg(),
+                i(nb),
+                i(l),
+                i(nh),
+                i(np),
+                i(ng),
+                i(nn),
+                i(q),
+                i(nc),
+            ],
+        )?;
+        Ok((prev, fin))
+    }
+
     /// `bmm_chunk` [_bmm_chunk_fwd]: `CB[l, s] = C_l · B_s` per chunk and group, the full Q × Q
     /// block, 0 across ids and at padding; (b, c, g, Q, Q).
     pub fn bmm_chunk(

@@ -1156,6 +1156,31 @@ fn strong_decay(spec: &ProblemSpec, seed: u64) -> Problem<f64> {
     p
 }
 
+/// Moderate decay: a falls by 0.14–0.45 a token (A in [−0.45, −0.35], Δ in [0.4, 1], no
+/// `dt_limit`), so by
+/// 9–29 over 64 tokens: chunk_scan's fast form then splits the decay of its diagonal tiles too
+/// (exp(a_l − a_s) = exp(a_l − a_l0) · exp(a_l0 − a_s), the second factor up to e^29), which the
+/// weak decay of the plain problems (factors near 1) would not test.
+fn moderate_decay(spec: &ProblemSpec, seed: u64) -> Problem<f64> {
+    let mut p = spec.build();
+    let mut rng = Rng::new(seed);
+    p.a.mapv_inplace(|_| -rng.range(0.35, 0.45));
+    // Δ = softplus(dt) in [0.4, 1] for dt in [ln(e^0.4 − 1), ln(e − 1)]
+    let softplus = p.options.dt_softplus;
+    p.dt.mapv_inplace(|_| {
+        if softplus {
+            rng.range(-0.70, 0.54)
+        } else {
+            rng.range(0.4, 1.0)
+        }
+    });
+    if let Some(bias) = &mut p.dt_bias {
+        bias.fill(0.0);
+    }
+    p.options.dt_limit = (0.0, f64::INFINITY);
+    p
+}
+
 /// `‖got − want‖ / ‖magnitude‖` over one head's entries of (b, h, c, Q) tensors.
 fn head_error(got: &Array4<f32>, want: &Array4<f64>, mag: &Array4<f64>, h: usize) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
@@ -1488,6 +1513,14 @@ fn fast_forms_match_reference() {
             &g,
             &format!("strong decay {label}"),
             &strong,
+            seed,
+            &mut failures,
+        );
+        let moderate = moderate_decay(&spec, seed ^ 0x3E);
+        strong_decay_case(
+            &g,
+            &format!("moderate decay {label}"),
+            &moderate,
             seed,
             &mut failures,
         );
