@@ -1142,38 +1142,34 @@ fn strong_decay(spec: &ProblemSpec, seed: u64) -> Problem<f64> {
             -rng.range(11.0, 16.0)
         };
     }
-    let softplus = p.options.dt_softplus;
-    p.dt.mapv_inplace(|_| {
-        if softplus {
-            rng.range(-0.5, 2.5)
-        } else {
-            rng.range(0.3, 2.5)
-        }
-    });
+    redraw_dt(&mut p, &mut rng, (-0.5, 2.5), (0.3, 2.5));
     if let Some(bias) = &mut p.dt_bias {
         bias.mapv_inplace(|_| rng.range(0.0, 0.5));
     }
     p
 }
 
+/// Draws every raw `dt` anew: from `with_softplus` where the problem applies softplus, else
+/// from `plain`.
+fn redraw_dt(p: &mut Problem<f64>, rng: &mut Rng, with_softplus: (f64, f64), plain: (f64, f64)) {
+    let (lo, hi) = if p.options.dt_softplus {
+        with_softplus
+    } else {
+        plain
+    };
+    p.dt.mapv_inplace(|_| rng.range(lo, hi));
+}
+
 /// Moderate decay: a falls by 0.14–0.45 a token (A in [−0.45, −0.35], Δ in [0.4, 1], no
-/// `dt_limit`), so by
-/// 9–29 over 64 tokens: chunk_scan's fast form then splits the decay of its diagonal tiles too
-/// (exp(a_l − a_s) = exp(a_l − a_l0) · exp(a_l0 − a_s), the second factor up to e^29), which the
-/// weak decay of the plain problems (factors near 1) would not test.
+/// `dt_limit`), so by 9–29 over 64 tokens: chunk_scan's fast form then splits the decay of its
+/// diagonal tiles too (exp(a_l − a_s) = exp(a_l − a_l0) · exp(a_l0 − a_s), the second factor up
+/// to e^29), which the weak decay of the plain problems (factors near 1) would not test.
 fn moderate_decay(spec: &ProblemSpec, seed: u64) -> Problem<f64> {
     let mut p = spec.build();
     let mut rng = Rng::new(seed);
     p.a.mapv_inplace(|_| -rng.range(0.35, 0.45));
     // Δ = softplus(dt) in [0.4, 1] for dt in [ln(e^0.4 − 1), ln(e − 1)]
-    let softplus = p.options.dt_softplus;
-    p.dt.mapv_inplace(|_| {
-        if softplus {
-            rng.range(-0.70, 0.54)
-        } else {
-            rng.range(0.4, 1.0)
-        }
-    });
+    redraw_dt(&mut p, &mut rng, (-0.70, 0.54), (0.4, 1.0));
     if let Some(bias) = &mut p.dt_bias {
         bias.fill(0.0);
     }
