@@ -245,8 +245,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dx_kernel(
                             dx[((b * l + c0) * nh + h) * np + o] = v;
                         }
                 }
-                dot += __shfl_xor_sync(0xffffffffu, dot, 1);
-                dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+                dot = quad_sum(dot);
                 if ((threadIdx.x & 3) == 0) rsum[wn][rr] += dot;  // this quad's slot alone
             }
     }
@@ -349,8 +348,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) bwd_dbc_kernel(
                         oacc[mt][j][2 * half + cc] = fmaf(wv, gv, oacc[mt][j][2 * half + cc]);
                         sum = fmaf(ys[rr][mma_col<S>(j, cc)], gv, sum);
                     }
-                sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-                sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+                sum = quad_sum(sum);
                 if ((threadIdx.x & 3) == 0) prt[wn][rr] = sum;
             }
         __syncthreads();

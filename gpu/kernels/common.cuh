@@ -99,6 +99,12 @@ __device__ __forceinline__ float half_warp_sum(float v) {
     return v;
 }
 
+// Sum over the 4 lanes of a quad (the lanes that hold one row of an mma tile: mma_col).
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
 // Deterministic block sum (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result.
 // `red` must hold 32 floats. Synchronises; safe to call repeatedly.
 __device__ float block_sum(float v, float* red) {
@@ -640,35 +646,24 @@ __device__ __forceinline__ void scale_mma_rows(double (&acc)[MT][NTT][4], const 
 // (C·exp(a) against the states) and of dx (B·e against dstates). F: the fast form (whole
 // tiles, 16-byte aligned rows, nn a multiple of BKK; the caller checks). On the f64 tensor cores
 // (mma_loop).
-template <bool F>
-struct ScaledRowsOperands {
-    const float* R;
-    i64 rs, r0, rlen;
-    const float* e;
-    const float* M;
-    i64 c0, mlen, nn;
-    __device__ float4 a(int m, i64 k) const {  // R[r0 + m, k .. + 4) · e[m]
-        const i64 r = r0 + m;
-        const float* row = R + r * rs;
-        if (F) return f4_scale(ld4_fast(row + k), e[m]);
-        return r < rlen ? f4_scale(ld4(row, k, nn), e[m]) : f4_zero();
-    }
-    __device__ float4 b(int n, i64 k) const {  // M[c0 + n, k .. + 4)
-        const i64 c = c0 + n;
-        if (F) return ld4_fast(M + c * nn + k);
-        return c < mlen ? ld4(M + c * nn, k, nn) : f4_zero();
-    }
-};
-
 template <bool F, int BM, int BN, int WM, int NTH = NT, int MT, int NTT>
 __device__ __forceinline__ void scaled_rows_mma(double (&acc)[MT][NTT][4], MmaSmem<BM, BN, NTH>& sm,
                                                 const float* R, i64 rs, i64 r0, i64 rlen,
                                                 const float* e, const float* M, i64 c0, i64 mlen,
                                                 i64 nn) {
-    const ScaledRowsOperands<F> o{R, rs, r0, rlen, e, M, c0, mlen, nn};
     mma_loop<BM, BN, WM, true, true, NTH>(
-        acc, sm, 0, nn, [&](int m, i64 k) { return o.a(m, k); },
-        [&](int n, i64 k) { return o.b(n, k); });
+        acc, sm, 0, nn,
+        [&](int m, i64 k) -> float4 {  // R[r0 + m, k .. + 4) · e[m]
+            const i64 r = r0 + m;
+            const float* row = R + r * rs;
+            if (F) return f4_scale(ld4_fast(row + k), e[m]);
+            return r < rlen ? f4_scale(ld4(row, k, nn), e[m]) : f4_zero();
+        },
+        [&](int n, i64 k) -> float4 {  // M[c0 + n, k .. + 4)
+            const i64 c = c0 + n;
+            if (F) return ld4_fast(M + c * nn + k);
+            return c < mlen ? ld4(M + c * nn, k, nn) : f4_zero();
+        });
 }
 
 // Inclusive block scan in f64 (blockDim.x == NT); `red` must hold 32 doubles. Synchronises.

@@ -42,6 +42,12 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_kernel(
 // Tile 64 (p) × 64 (n) on the f64 tensor cores (8 warps of 16 × 32), K = the chunk's tokens.
 // Whole chunks without seq_idx whose tiles are whole and 16-byte aligned take the
 // asynchronous-copy form (w_s applied in shared memory); the rest the masked loaders.
+//
+// The (p, n) tiles of one (b, c, h).
+__device__ __forceinline__ i64 chunk_state_tiles(i64 np, i64 nn) {
+    return ((np + 63) / 64) * ((nn + 63) / 64);
+}
+
 // The product of one block: (b, c, h) and its 64 × 64 tile of (p, n), tile = pt · tn + nt,
 // rounded to f32 and staged in shared memory, then handed to epi(st, p0, n0): element (p, n) is
 // st[(p − p0) · CS_LD + n − n0] (for p < np, n < nn), so the epilogue can walk the tile with
@@ -133,7 +139,7 @@ extern "C" __global__ void __launch_bounds__(NT, 4) chunk_state_kernel(
     const float* __restrict__ dacs, const float* __restrict__ dlo, const int* __restrict__ seq,
     float* __restrict__ out, i64 nb, i64 l, i64 nh, i64 np, i64 ng, i64 nn, i64 q, i64 nc) {
     BlockIdx bi;
-    const i64 tile = bi.next(((nn + 63) / 64) * ((np + 63) / 64)), h = bi.next(nh), c = bi.next(nc),
+    const i64 tile = bi.next(chunk_state_tiles(np, nn)), h = bi.next(nh), c = bi.next(nc),
               b = bi.rest;
     chunk_state_block(
         b, c, h, tile, mode, Y, X, dt, dacs, dlo, seq, l, nh, np, ng, nn, q, nc,
@@ -178,7 +184,7 @@ extern "C" __global__ void __launch_bounds__(NT, 4) chunk_state_passing_kernel(
     __shared__ int ticket;
     if (threadIdx.x == 0) ticket = atomicAdd(sync, 1);
     __syncthreads();
-    const i64 tiles = ((nn + 63) / 64) * ((np + 63) / 64), pn = np * nn;
+    const i64 tiles = chunk_state_tiles(np, nn), pn = np * nn;
     BlockIdx bi((i64)ticket);
     const i64 tile = bi.next(tiles), h = bi.next(nh), b = bi.next(nb), c = bi.rest;
     chunk_state_block(
