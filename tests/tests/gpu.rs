@@ -1076,9 +1076,10 @@ fn combined_every_option_chunk_size_and_seq_idx() {
 }
 
 /// Shapes that use several 64-wide tiles along every axis (p 80, n 128, Q 256, ragged chunks),
-/// forward and backward against the reference; the last has over 1024 (b, c, g, l tile) blocks
+/// forward and backward against the reference; the fourth has over 1024 (b, c, g, l tile) blocks
 /// and 20 heads per group, so the dcb + ddacs one pass runs its head ranges in turn, adding
-/// into dCB (the drawn problems take the summed-slices path).
+/// into dCB (the drawn problems take the summed-slices path); the last has chunks longer than
+/// the kernels' 256-token tables.
 #[test]
 fn combined_multi_tile_shapes() {
     let Some(g) = gpu() else { return };
@@ -1087,6 +1088,10 @@ fn combined_multi_tile_shapes() {
         (2, 333, 2, 80, 1, 72, 128),
         (1, 130, 3, 100, 3, 130, 100),
         (1, 16390, 20, 4, 1, 4, 16),
+        // Q > 256: chunk_cumsum's scan carries across its 256-token segments, and the product
+        // kernels take the per-token factors of s ≥ QS (256) from global memory; the last chunk
+        // is ragged (700 = 2 · 300 + 100)
+        (2, 700, 35, 8, 5, 8, 300),
     ]
     .into_iter()
     .enumerate()
