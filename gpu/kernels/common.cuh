@@ -483,7 +483,34 @@ template <int BM, int BN, bool A_KC, bool B_KC, int NS = 3>
 struct __align__(16) AsyncSmem {
     AsyncTile<BM, A_KC, NS> a;
     AsyncTile<BN, B_KC, NS> b;
+    unsigned long long full[NS], empty[NS];  // mma_mbar_loop's stage barriers
 };
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void mbar_init(unsigned long long* b, unsigned count) {
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long* b) {
+    asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.shared.b64 st, [%0];\n\t}" ::"r"(smem_u32(b))
+                 : "memory");
+}
+// one arrival on b once this thread's cp.async copies so far have landed
+__device__ __forceinline__ void mbar_cp_arrive(unsigned long long* b) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" ::"r"(smem_u32(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned long long* b, unsigned parity) {
+    const unsigned a = smem_u32(b);
+    unsigned ok = 0;
+    while (!ok)
+        asm volatile(
+            "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+            : "=r"(ok)
+            : "r"(a), "r"(parity)
+            : "memory");
+}
+
 
 // 16 bytes from global src to shared address d, or zeros when !valid (src not read).
 __device__ __forceinline__ void cp_async16(unsigned d, const float* src, bool valid) {
@@ -534,6 +561,59 @@ __device__ __forceinline__ void async_fix(AsyncTile<BX, KC, NS>& tile, int st, i
     });
 }
 
+// The products of one BKK-deep step from stage st of the asynchronous tiles (k0: the step's
+// first k): per 8-deep half, each warp reads its A and B fragments (rows g, g + 8 and column t,
+// t + 4 of A; row t, t + 4 and column g of B: see mma_row / mma_col) and issues its MT × NTT
+// mma.m16n8k8. ka(m, k, v) and kb(k), unless NoFix, are factors applied to the f32 elements as
+// they are read (the same f32 product a fix-up of the piece in shared memory would make):
+// A[m, k] → ka(m, k, A[m, k]), B[k, n] → B[k, n] · kb(k).
+template <class S, int MT, int NTT, class SM, class KA, class KB>
+__device__ __forceinline__ void async_step_mma(double (&acc)[MT][NTT][4], SM& sm, int st, i64 k0,
+                                               const KA& ka, const KB& kb) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wm0 = S::warp_m0(), wn0 = S::warp_n0();
+#pragma unroll
+    for (int kk = 0; kk < BKK; kk += 8) {
+        double av[MT][4], b0[NTT], b1[NTT];
+        const i64 k = k0 + kk + t;
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+            const int m = wm0 + i * 16 + g;
+            if constexpr (IsNoFix<KA>::value) {
+                av[i][0] = (double)*sm.a.at(st, m, kk + t);
+                av[i][1] = (double)*sm.a.at(st, m + 8, kk + t);
+                av[i][2] = (double)*sm.a.at(st, m, kk + t + 4);
+                av[i][3] = (double)*sm.a.at(st, m + 8, kk + t + 4);
+            } else {
+                av[i][0] = (double)ka(m, k, *sm.a.at(st, m, kk + t));
+                av[i][1] = (double)ka(m + 8, k, *sm.a.at(st, m + 8, kk + t));
+                av[i][2] = (double)ka(m, k + 4, *sm.a.at(st, m, kk + t + 4));
+                av[i][3] = (double)ka(m + 8, k + 4, *sm.a.at(st, m + 8, kk + t + 4));
+            }
+        }
+        float f0 = 1.0f, f1 = 1.0f;  // B's factors of rows k, k + 4
+        if constexpr (!IsNoFix<KB>::value) {
+            f0 = kb(k);
+            f1 = kb(k + 4);
+        }
+#pragma unroll
+        for (int j = 0; j < NTT; ++j) {
+            const int n = wn0 + j * 8 + g;
+            if constexpr (IsNoFix<KB>::value) {
+                b0[j] = (double)*sm.b.at(st, n, kk + t);
+                b1[j] = (double)*sm.b.at(st, n, kk + t + 4);
+            } else {
+                b0[j] = (double)(*sm.b.at(st, n, kk + t) * f0);
+                b1[j] = (double)(*sm.b.at(st, n, kk + t + 4) * f1);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < NTT; ++j) mma_f64_16x8x8(acc[i][j], av[i], b0[j], b1[j]);
+    }
+}
+
 // The pipeline of mma_loop_async over `nseg` segments of the same K range, back to back (the
 // next segment's copies in flight during this one's last steps): pa(seg, m, k), pb(seg, n, k);
 // after a segment's last step, end(seg) (called by every thread; it may synchronise, and must
@@ -547,8 +627,6 @@ __device__ __forceinline__ void mma_async_segments(double (&acc)[MT][NTT][4],
                                                    const END& end) {
     using S = MmaShape<BM, BN, WM, NTH>;
     static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int wm0 = S::warp_m0(), wn0 = S::warp_n0();
     if (kbeg >= kend) {  // (no segment has a step: end is not called)
         __syncthreads();
         return;
@@ -587,28 +665,7 @@ __device__ __forceinline__ void mma_async_segments(double (&acc)[MT][NTT][4],
             if (!IsNoFix<FB>::value) async_fix<BN, B_KC, NTH>(sm.b, st, k0, kend, fb);
             __syncthreads();  // every piece of step k0 in place; every read of the step before done
             issue(st == 0 ? NS - 1 : st - 1);
-            if (k0 <= kcap && k0 + BKK > kfloor) {
-#pragma unroll
-                for (int kk = 0; kk < BKK; kk += 8) {
-                    double av[MT][4], b0[NTT], b1[NTT];
-#pragma unroll
-                    for (int i = 0; i < MT; ++i) {
-                        av[i][0] = (double)*sm.a.at(st, wm0 + i * 16 + g, kk + t);
-                        av[i][1] = (double)*sm.a.at(st, wm0 + i * 16 + g + 8, kk + t);
-                        av[i][2] = (double)*sm.a.at(st, wm0 + i * 16 + g, kk + t + 4);
-                        av[i][3] = (double)*sm.a.at(st, wm0 + i * 16 + g + 8, kk + t + 4);
-                    }
-#pragma unroll
-                    for (int j = 0; j < NTT; ++j) {
-                        b0[j] = (double)*sm.b.at(st, wn0 + j * 8 + g, kk + t);
-                        b1[j] = (double)*sm.b.at(st, wn0 + j * 8 + g, kk + t + 4);
-                    }
-#pragma unroll
-                    for (int i = 0; i < MT; ++i)
-#pragma unroll
-                        for (int j = 0; j < NTT; ++j) mma_f64_16x8x8(acc[i][j], av[i], b0[j], b1[j]);
-                }
-            }
+            if (k0 <= kcap && k0 + BKK > kfloor) async_step_mma<S>(acc, sm, st, k0, NoFix(), NoFix());
             st = st == NS - 1 ? 0 : st + 1;
         }
         end(seg);
@@ -629,15 +686,86 @@ __device__ __forceinline__ void mma_loop_async(double (&acc)[MT][NTT][4],
         [&](i64, int n, i64 k) { return pb(n, k); }, kcap, kfloor, fa, fb, [](i64) {});
 }
 
-// acc[·][·][r] *= e[mma_row(·, r)]: the accumulator rows scaled by a shared-memory vector.
-template <class S, int MT, int NTT>
-__device__ __forceinline__ void scale_mma_rows(double (&acc)[MT][NTT][4], const float* e) {
+// mma_loop_async without the block barrier of each step, and so without fix-ups in shared
+// memory (ka / kb are applied as the fragments are read: async_step_mma): a stage's copies
+// complete one mbarrier (full: each thread arrives once its own copies have landed) and its
+// readers another (empty), so a warp waits only for the step it reads to have landed and,
+// before it refills a stage, for every thread to have read that stage; warps of a block run up
+// to a step apart instead of meeting at every step. ka and kb must be finite for every k of
+// the steps (kend rounded up to BKK). Blocks run it from every thread, with no early exit.
+template <int BM, int BN, int WM, bool A_KC, bool B_KC, int NTH = NT, int NS = 3, int MT, int NTT,
+          class PA, class PB, class KA = NoFix, class KB = NoFix>
+__device__ __forceinline__ void mma_mbar_loop(double (&acc)[MT][NTT][4],
+                                              AsyncSmem<BM, BN, A_KC, B_KC, NS>& sm, i64 kbeg,
+                                              i64 kend, const PA& pa, const PB& pb,
+                                              i64 kcap = 0x7fffffffffffffffll, const KA& ka = KA(),
+                                              const KB& kb = KB()) {
+    using S = MmaShape<BM, BN, WM, NTH>;
+    static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
+    if (kbeg >= kend) return;
+    const int klen = (int)(kend - kbeg), nsteps = (klen + BKK - 1) / BKK;
+    const int kc = (int)(min(kcap, kend) - kbeg);
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int s = 0; s < NS; ++s) {
+            mbar_init(&sm.full[s], NTH);
+            mbar_init(&sm.empty[s], NTH);
+        }
+    }
+    __syncthreads();
+    AsyncStream<BM, A_KC, NTH, NS> sa(sm.a);
+    AsyncStream<BN, B_KC, NTH, NS> sb(sm.b);
+    const i64 ksa = pa(0, kbeg + 1) - pa(0, kbeg), ksb = pb(0, kbeg + 1) - pb(0, kbeg);
+    sa.start(pa, kbeg);
+    sb.start(pb, kbeg);
+    int issued = 0;
+    auto issue = [&](int st) {
+        sa.copy(st, klen - issued * BKK, BKK * ksa);
+        sb.copy(st, klen - issued * BKK, BKK * ksb);
+        mbar_cp_arrive(&sm.full[st]);
+        ++issued;
+    };
+#pragma unroll
+    for (int s = 0; s < NS - 1; ++s)
+        if (s < nsteps) issue(s);
+    int st = 0;
+    for (int n = 0; n < nsteps; ++n) {
+        const int k0 = n * BKK;  // relative to kbeg
+        mbar_wait(&sm.full[st], (unsigned)(n / NS) & 1u);
+        if (k0 <= kc) async_step_mma<S>(acc, sm, st, kbeg + k0, ka, kb);
+        mbar_arrive(&sm.empty[st]);
+        const int nx = n + NS - 1;  // the step to copy next, into the stage step n − 1 used
+        if (nx < nsteps) {
+            const int s2 = nx % NS;
+            if (n >= 1) mbar_wait(&sm.empty[s2], (unsigned)((n - 1) / NS) & 1u);
+            issue(s2);
+        }
+        st = st == NS - 1 ? 0 : st + 1;
+    }
+    __syncthreads();  // every read done: the tiles and the barriers may be reused
+}
+
+// acc[·][·][r] *= e[mma_row(·, r)]: the accumulator rows scaled by a shared-memory vector
+// (f32 or f64).
+template <class S, int MT, int NTT, class T>
+__device__ __forceinline__ void scale_mma_rows(double (&acc)[MT][NTT][4], const T* e) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nt = 0; nt < NTT; ++nt)
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[mt][nt][r] *= (double)e[mma_row<S>(mt, r)];
+}
+
+// acc *= f.
+template <int MT, int NTT>
+__device__ __forceinline__ void scale_mma_all(double (&acc)[MT][NTT][4], double f) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NTT; ++nt)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mt][nt][r] *= f;
 }
 
 // acc += Σ_{k < nn} (R[r0 + m, k] · e[m]) · M[c0 + n, k]: rows of R (row stride rs, rows from

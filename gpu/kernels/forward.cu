@@ -41,7 +41,8 @@ extern "C" __global__ void __launch_bounds__(NT) chunk_cumsum_kernel(
 // mode 1: X = dy, Y = C, w_s = [id_s = id_prev] exp(a_s)                 → dP_c
 // Tile 64 (p) × 64 (n) on the f64 tensor cores (8 warps of 16 × 32), K = the chunk's tokens.
 // Whole chunks without seq_idx whose tiles are whole and 16-byte aligned take the
-// asynchronous-copy form (w_s applied in shared memory); the rest the masked loaders.
+// asynchronous-copy form (mma_mbar_loop, w_s applied as the fragments are read); the rest
+// the masked loaders.
 //
 // The (p, n) tiles of one (b, c, h).
 __device__ __forceinline__ i64 chunk_state_tiles(i64 np, i64 nn) {
@@ -63,7 +64,7 @@ __device__ __forceinline__ void chunk_state_block(
     using S = MmaShape<BM, BN, WM>;
     __shared__ union {
         MmaSmem<BM, BN> g;                   // the general form's tiles
-        AsyncSmem<BM, BN, false, false> a;  // the fast form's
+        AsyncSmem<BM, BN, false, false, 4> a;  // the fast form's
         float st[BM * CS_LD];               // the result, staged for the epilogue
     } smu;
     __shared__ float ws[QS];  // w_s of the chunk's first QS tokens (0 past its end)
@@ -92,10 +93,12 @@ __device__ __forceinline__ void chunk_state_block(
     double acc[S::MT][S::NTT][4];
     zero_mma(acc);
     if (fast) {
-        mma_loop_async<BM, BN, WM, false, false>(
+        // (w_s as Y's fragments are read: ws is 0 past the chunk, so every k of the steps has
+        // its factor)
+        mma_mbar_loop<BM, BN, WM, false, false>(
             acc, smu.a, 0, len, [&](int m, i64 s) { return Xb + s * nh * np + p0 + m; },
-            [&](int n, i64 s) { return Yb + s * ng * nn + n0 + n; }, 0x7fffffffffffffffll, 0,
-            [&](int, i64 s, float4 v) { return f4_scale(v, ws[s]); });
+            [&](int n, i64 s) { return Yb + s * ng * nn + n0 + n; }, 0x7fffffffffffffffll,
+            NoFix(), [&](i64 s) { return ws[s]; });
     } else {
         mma_loop<BM, BN, WM, false, false>(
             acc, smu.g, 0, len,
@@ -312,14 +315,15 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     using S = MmaShape<BM, BN, WM>;
     __shared__ union {
         MmaSmem<BM, BN> g;                               // the general form's tiles
-        AsyncSmem<BM, BN, true, false> cx;               // the fast form's: CB against x
-        AsyncSmem<BM, BN, true, true> cp;                //                  C against P
+        AsyncSmem<BM, BN, true, false, 4> cx;            // the fast form's: CB against x
+        AsyncSmem<BM, BN, true, true, 4> cp;             //                  C against P
     } smu;
     auto& sm = smu.g;
     __shared__ float dl[BM], dll[BM], erow[BM], urow[BM];
     __shared__ float ka[QS], kal[QS], kdt[QS];  // a, its lo part and Δ of the chunk's first QS s
     __shared__ __align__(16) float kx[QS];  // exp(a_l0 − a_s) Δ_s for s < min(kend, QS)
     __shared__ float dfrow[BM];               // D exp(a_l0 − a_l) (the flat form's D)
+    __shared__ double erow64[BM];             // erow in f64 (the flat form's factor of C_l · P_c)
     const i64 tl = (q + BM - 1) / BM, tp = (np + BN - 1) / BN;
     BlockIdx bi;
     const i64 pt = bi.next(tp), lt = bi.next(tl), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
@@ -364,18 +368,26 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     if (threadIdx.x < BM) {
         const i64 i = l0 + threadIdx.x;
         float a = 0.0f, al = 0.0f, e = 0.0f;
+        double e64 = 0.0;
         if (i < len) {
             a = dac[i];
             al = lo_at(dlc, i);
-            if (seq_at(seq, l, b, c0 + i) == pid) e = exp_hl(a, al);
+            if (seq_at(seq, l, b, c0 + i) == pid) {
+                e = exp_hl(a, al);
+                e64 = exp((double)a + (double)al);
+            }
         }
         dl[threadIdx.x] = a;
         dll[threadIdx.x] = al;
         erow[threadIdx.x] = e;
         urow[threadIdx.x] = i < len ? exp_seg_exact(a, al, ar, lr) : 0.0f;  // u_l = exp(a_l − a_l0)
         dfrow[threadIdx.x] = i < len ? dh * exp_seg_exact(ar, lr, a, al) : 0.0f;
+        erow64[threadIdx.x] = e64;
     }
-    const bool any_rise = __syncthreads_or(rises), flat = !any_rise && !__syncthreads_or(steep);
+    // (flat also asks a_l0 > −500, so that exp(−a_l0) and exp(a_l) ≥ exp(a_l0 − FLAT) are normal
+    // f64 numbers: the flat form's C · P product scales the f64 sums by them)
+    const bool any_rise = __syncthreads_or(rises),
+               flat = !any_rise && !__syncthreads_or(steep) && (double)ar + (double)lr > -500.0;
     const i64 kdiag = any_rise ? 0 : l0;
     const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
     const float* xb = x + ((b * l + c0) * nh + h) * np;
@@ -394,8 +406,8 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
         auto sa = [&](i64 s) { return F || s < QS ? ka[s] : dac[s]; };
         auto sl = [&](i64 s) { return F || s < QS ? kal[s] : lo_at(dlc, s); };
         auto sd = [&](i64 s) { return F || s < QS ? kdt[s] : dtc[s]; };
-        // The general form's loaders give the operands as stored; the fix-ups apply the factors
-        // a step later (in both forms).
+        // The general form's loaders give the operands as stored; its fix-ups apply the factors
+        // a step later (the fast form applies the same factors as the fragments are read).
         auto cb_at = [&](int m, i64 s) -> float4 {  // CB[i, s .. + 4), s < kend (0 past row i)
             const i64 i = l0 + m;
             return i < len ? ld4(cbb + i * q, s, i + 1) : f4_zero();
@@ -418,46 +430,48 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
         };
         const i64 kcap = l0 + S::warp_m0() + S::WTM - 1;  // causal: a warp's last row's s
         if constexpr (F) {
-            // whole aligned tiles: asynchronous copies, the factors applied in shared memory
+            // whole aligned tiles: asynchronous copies (mma_mbar_loop), the factors applied as
+            // the fragments are read
             auto cb_p = [&](int m, i64 s) { return cbb + (l0 + m) * q + s; };
             auto x_p = [&](int n, i64 s) { return xb + s * nh * np + p0 + n; };
             auto inter = [&] {  // + exp(a_l) C_l · P_c
-                mma_loop_async<BM, BN, WM, true, true>(
+                mma_mbar_loop<BM, BN, WM, true, true>(
                     acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
                     [&](int n, i64 k) { return Pb + (p0 + n) * nn + k; }, 0x7fffffffffffffffll,
-                    0, [&](int m, i64, float4 v) { return f4_scale(v, erow[m]); });
+                    [&](int m, i64, float v) { return v * erow[m]; });
             };
-            // D on row m's own column (d = l0 + m − s: which of the piece's columns it is, if any)
-            auto add_d = [](float4 v, i64 d, float dv) {
-                v.x += d == 0 ? dv : 0.0f;
-                v.y += d == 1 ? dv : 0.0f;
-                v.z += d == 2 ? dv : 0.0f;
-                v.w += d == 3 ? dv : 0.0f;
-                return v;
-            };
+            // left of the diagonal: x_s · exp(a_l0 − a_s) Δ_s (kdiag is a multiple of BKK, so
+            // every k of the steps has its factor)
             if (kdiag > 0)
-                mma_loop_async<BM, BN, WM, true, false>(acc, smu.cx, 0, kdiag, cb_p, x_p,
-                                                        0x7fffffffffffffffll, 0, NoFix(), x_fix);
+                mma_mbar_loop<BM, BN, WM, true, false>(acc, smu.cx, 0, kdiag, cb_p, x_p,
+                                                       0x7fffffffffffffffll, NoFix(),
+                                                       [&](i64 s) { return kx[s]; });
+            // The diagonal tile: CB[l, s] · f_s (0 for s > l), plus D on row l's own column.
             if (flat) {
-                // the diagonal tile: CB[l, s] exp(a_l0 − a_s) Δ_s (0 for s > l) + D exp(a_l0 − a_l)
-                mma_loop_async<BM, BN, WM, true, false>(
-                    acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, 0, [&](int m, i64 s, float4 v) {
+                // f_s = exp(a_l0 − a_s) Δ_s from the table, D exp(a_l0 − a_l); then the sums so
+                // far (left of and on the diagonal) · exp(−a_l0), + C_l · P_c with no factor on
+                // the operands, and all · exp(a_l): u_l (left + diagonal) + exp(a_l) C_l · P_c
+                mma_mbar_loop<BM, BN, WM, true, false>(
+                    acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, [&](int m, i64 s, float v) {
                         const i64 d = l0 + m - s;
-                        const float4 f = *reinterpret_cast<const float4*>(&kx[s]);
-                        v.x = d >= 0 ? v.x * f.x : 0.0f;
-                        v.y = d >= 1 ? v.y * f.y : 0.0f;
-                        v.z = d >= 2 ? v.z * f.z : 0.0f;
-                        v.w = d >= 3 ? v.w * f.w : 0.0f;
-                        return add_d(v, d, dfrow[m]);
+                        const float r = d >= 0 ? v * kx[s] : 0.0f;
+                        return d == 0 ? r + dfrow[m] : r;
                     });
-                scale_mma_rows<S>(acc, urow);
-                inter();
+                scale_mma_all(acc, exp(-((double)ar + (double)lr)));
+                mma_mbar_loop<BM, BN, WM, true, true>(
+                    acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
+                    [&](int n, i64 k) { return Pb + (p0 + n) * nn + k; });
+                scale_mma_rows<S>(acc, erow64);
             } else {
+                // f_s = exp(a_l − a_s) Δ_s per element, D as it is
                 if (kdiag > 0) scale_mma_rows<S>(acc, urow);
                 inter();
-                mma_loop_async<BM, BN, WM, true, false>(
-                    acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, 0, [&](int m, i64 s, float4 v) {
-                        return add_d(cb_fix(m, s, v), l0 + m - s, dh);
+                mma_mbar_loop<BM, BN, WM, true, false>(
+                    acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, [&](int m, i64 s, float v) {
+                        const i64 i = l0 + m;
+                        const float r =
+                            s <= i ? v * (exp_seg(dl[m], dll[m], sa(s), sl(s)) * sd(s)) : 0.0f;
+                        return i == s ? r + dh : r;
                     });
             }
         } else {

@@ -19,9 +19,11 @@
 //! 64 × 128 outputs from 128 threads)) and `mma_loop` (the same tiles feeding `mma.sync`
 //! m16n8k4 .f64, 64 × 64 outputs from 8 warps: bmm_chunk, chunk_state, dstates, chunk_scan, dx,
 //! db, dc); whole, aligned tiles without `seq_idx` take a form of the loaders without masks or
-//! bounds checks, and for bmm_chunk, chunk_state, chunk_scan, db and dc `mma_loop_async`
-//! (cp.async copies through three stages, the per-token factors applied in shared memory,
-//! products on `mma.sync` m16n8k8 .f64).
+//! bounds checks, and for bmm_chunk, chunk_state, chunk_scan, db and dc asynchronous forms
+//! (cp.async copies through three or four stages, products on `mma.sync` m16n8k8 .f64):
+//! `mma_loop_async` (a block barrier per step, the per-token factors applied in shared memory;
+//! bmm_chunk, db, dc) and `mma_mbar_loop` (per-stage mbarriers instead of the block barrier, the
+//! factors applied as the fragments are read; chunk_state, dstates, chunk_scan).
 //!
 //! ```no_run
 //! use ssd_gpu::{DeviceInputs, Gpu};

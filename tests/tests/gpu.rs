@@ -1485,6 +1485,9 @@ fn fast_forms_match_reference() {
         (1, 512, 2, 64, 1, 64, 256),
         (2, 384, 3, 64, 1, 128, 128),
         (1, 700, 2, 128, 2, 64, 256),
+        // Q not a multiple of the 16-deep steps: chunk_state's last step is partly past the
+        // chunk (zero copies, w_s = 0 there); only chunk_scan's first row tile is whole
+        (1, 300, 2, 64, 1, 64, 100),
     ]
     .into_iter()
     .enumerate()
