@@ -693,6 +693,66 @@ __device__ __forceinline__ void mma_loop_async(double (&acc)[MT][NTT][4],
 // before it refills a stage, for every thread to have read that stage; warps of a block run up
 // to a step apart instead of meeting at every step. ka and kb must be finite for every k of
 // the steps (kend rounded up to BKK). Blocks run it from every thread, with no early exit.
+// Its copies and steps as an object, so that a block can issue the first steps' copies
+// (begin) before other set-up work and run the steps later (run); begin's klen may be a lower
+// bound of run's (the copies of the first NS − 1 steps are whole whenever klen ≥ (NS − 1) BKK).
+template <int BM, int BN, bool A_KC, bool B_KC, int NTH, int NS>
+struct MbarPipe {
+    AsyncSmem<BM, BN, A_KC, B_KC, NS>& sm;
+    AsyncStream<BM, A_KC, NTH, NS> sa;
+    AsyncStream<BN, B_KC, NTH, NS> sb;
+    i64 kbeg = 0, ksa = 0, ksb = 0;
+    int issued = 0;
+    __device__ explicit MbarPipe(AsyncSmem<BM, BN, A_KC, B_KC, NS>& s) : sm(s), sa(s.a), sb(s.b) {}
+    __device__ void issue(int st, int klen) {
+        sa.copy(st, klen - issued * BKK, BKK * ksa);
+        sb.copy(st, klen - issued * BKK, BKK * ksb);
+        mbar_cp_arrive(&sm.full[st]);
+        ++issued;
+    }
+    template <class PA, class PB>
+    __device__ void begin(i64 kb, int klen, const PA& pa, const PB& pb) {
+        if (threadIdx.x == 0) {
+#pragma unroll
+            for (int s = 0; s < NS; ++s) {
+                mbar_init(&sm.full[s], NTH);
+                mbar_init(&sm.empty[s], NTH);
+            }
+        }
+        __syncthreads();
+        kbeg = kb;
+        ksa = pa(0, kb + 1) - pa(0, kb);
+        ksb = pb(0, kb + 1) - pb(0, kb);
+        sa.start(pa, kb);
+        sb.start(pb, kb);
+#pragma unroll
+        for (int s = 0; s < NS - 1; ++s)
+            if (s * BKK < klen) issue(s, klen);
+    }
+    template <int WM, int MT, int NTT, class KA, class KB>
+    __device__ void run(double (&acc)[MT][NTT][4], i64 kend, i64 kcap, const KA& ka, const KB& kb) {
+        using S = MmaShape<BM, BN, WM, NTH>;
+        static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
+        const int klen = (int)(kend - kbeg), nsteps = (klen + BKK - 1) / BKK;
+        const int kc = (int)(min(kcap, kend) - kbeg);
+        int st = 0;
+        for (int n = 0; n < nsteps; ++n) {
+            const int k0 = n * BKK;  // relative to kbeg
+            mbar_wait(&sm.full[st], (unsigned)(n / NS) & 1u);
+            if (k0 <= kc) async_step_mma<S>(acc, sm, st, kbeg + k0, ka, kb);
+            mbar_arrive(&sm.empty[st]);
+            const int nx = n + NS - 1;  // the step to copy next, into the stage step n − 1 used
+            if (nx < nsteps) {
+                const int s2 = nx % NS;
+                if (n >= 1) mbar_wait(&sm.empty[s2], (unsigned)((n - 1) / NS) & 1u);
+                issue(s2, klen);
+            }
+            st = st == NS - 1 ? 0 : st + 1;
+        }
+        __syncthreads();  // every read done: the tiles and the barriers may be reused
+    }
+};
+
 template <int BM, int BN, int WM, bool A_KC, bool B_KC, int NTH = NT, int NS = 3, int MT, int NTT,
           class PA, class PB, class KA = NoFix, class KB = NoFix>
 __device__ __forceinline__ void mma_mbar_loop(double (&acc)[MT][NTT][4],
@@ -700,49 +760,10 @@ __device__ __forceinline__ void mma_mbar_loop(double (&acc)[MT][NTT][4],
                                               i64 kend, const PA& pa, const PB& pb,
                                               i64 kcap = 0x7fffffffffffffffll, const KA& ka = KA(),
                                               const KB& kb = KB()) {
-    using S = MmaShape<BM, BN, WM, NTH>;
-    static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
     if (kbeg >= kend) return;
-    const int klen = (int)(kend - kbeg), nsteps = (klen + BKK - 1) / BKK;
-    const int kc = (int)(min(kcap, kend) - kbeg);
-    if (threadIdx.x == 0) {
-#pragma unroll
-        for (int s = 0; s < NS; ++s) {
-            mbar_init(&sm.full[s], NTH);
-            mbar_init(&sm.empty[s], NTH);
-        }
-    }
-    __syncthreads();
-    AsyncStream<BM, A_KC, NTH, NS> sa(sm.a);
-    AsyncStream<BN, B_KC, NTH, NS> sb(sm.b);
-    const i64 ksa = pa(0, kbeg + 1) - pa(0, kbeg), ksb = pb(0, kbeg + 1) - pb(0, kbeg);
-    sa.start(pa, kbeg);
-    sb.start(pb, kbeg);
-    int issued = 0;
-    auto issue = [&](int st) {
-        sa.copy(st, klen - issued * BKK, BKK * ksa);
-        sb.copy(st, klen - issued * BKK, BKK * ksb);
-        mbar_cp_arrive(&sm.full[st]);
-        ++issued;
-    };
-#pragma unroll
-    for (int s = 0; s < NS - 1; ++s)
-        if (s < nsteps) issue(s);
-    int st = 0;
-    for (int n = 0; n < nsteps; ++n) {
-        const int k0 = n * BKK;  // relative to kbeg
-        mbar_wait(&sm.full[st], (unsigned)(n / NS) & 1u);
-        if (k0 <= kc) async_step_mma<S>(acc, sm, st, kbeg + k0, ka, kb);
-        mbar_arrive(&sm.empty[st]);
-        const int nx = n + NS - 1;  // the step to copy next, into the stage step n − 1 used
-        if (nx < nsteps) {
-            const int s2 = nx % NS;
-            if (n >= 1) mbar_wait(&sm.empty[s2], (unsigned)((n - 1) / NS) & 1u);
-            issue(s2);
-        }
-        st = st == NS - 1 ? 0 : st + 1;
-    }
-    __syncthreads();  // every read done: the tiles and the barriers may be reused
+    MbarPipe<BM, BN, A_KC, B_KC, NTH, NS> pipe(sm);
+    pipe.begin(kbeg, (int)(kend - kbeg), pa, pb);
+    pipe.template run<WM>(acc, kend, kcap, ka, kb);
 }
 
 // acc[·][·][r] *= e[mma_row(·, r)]: the accumulator rows scaled by a shared-memory vector

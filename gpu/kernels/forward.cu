@@ -337,6 +337,20 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     const float* dlc = dlo ? dlo + ((b * nh + h) * nc + c) * q : nullptr;
     const int pid = prev_end_id(seq, l, q, b, c);
     const i64 kend = min(len, l0 + BM);
+    const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
+    const float* xb = x + ((b * l + c0) * nh + h) * np;
+    const float* Cb = C + ((b * l + c0) * ng + g) * nn;
+    const float* Pb = P + ((b * nc + c) * nh + h) * np * nn;
+    const bool fast = len == q && q % 4 == 0 && q <= QS && l0 + BM <= q && !seq && np % 4 == 0 &&
+                      nn % BKK == 0 && p0 + BN <= np && aligned16(cb) && aligned16(x) &&
+                      aligned16(C) && aligned16(P);
+    auto cb_p = [&](int m, i64 s) { return cbb + (l0 + m) * q + s; };
+    auto x_p = [&](int n, i64 s) { return xb + s * nh * np + p0 + n; };
+    // The fast form's first product over CB and x starts at k = 0 whatever the tests below decide
+    // (left of the diagonal, or the diagonal tile from 0), over at least BM ≥ 3 steps: its first
+    // copies go out before the set-up.
+    MbarPipe<BM, BN, true, false, NT, 4> cx0(smu.cx);
+    if (fast) cx0.begin(0, BM, cb_p, x_p);
     const float ar = dac[l0], lr = lo_at(dlc, l0);
     // The split decay exp(a_l − a_s) = exp(a_l − a_l0) · exp(a_l0 − a_s) for the columns s < l0
     // of the tiles left of the diagonal: both factors ≤ 1 where a does not rise (a_s ≥ a_l0 ≥
@@ -389,13 +403,6 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     const bool any_rise = __syncthreads_or(rises),
                flat = !any_rise && !__syncthreads_or(steep) && (double)ar + (double)lr > -500.0;
     const i64 kdiag = any_rise ? 0 : l0;
-    const float* cbb = cb + ((b * nc + c) * ng + g) * q * q;
-    const float* xb = x + ((b * l + c0) * nh + h) * np;
-    const float* Cb = C + ((b * l + c0) * ng + g) * nn;
-    const float* Pb = P + ((b * nc + c) * nh + h) * np * nn;
-    const bool fast = len == q && q % 4 == 0 && q <= QS && l0 + BM <= q && !seq && np % 4 == 0 &&
-                      nn % BKK == 0 && p0 + BN <= np && aligned16(cb) && aligned16(x) &&
-                      aligned16(C) && aligned16(P);
     // D (one per head) joins the fast form's diagonal tile: CB[l, l] Δ_l + D against x_l.
     const bool dfast = fast && dfold;
     double acc[S::MT][S::NTT][4];
@@ -432,8 +439,6 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
         if constexpr (F) {
             // whole aligned tiles: asynchronous copies (mma_mbar_loop), the factors applied as
             // the fragments are read
-            auto cb_p = [&](int m, i64 s) { return cbb + (l0 + m) * q + s; };
-            auto x_p = [&](int n, i64 s) { return xb + s * nh * np + p0 + n; };
             auto inter = [&] {  // + exp(a_l) C_l · P_c
                 mma_mbar_loop<BM, BN, WM, true, true>(
                     acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
@@ -443,20 +448,25 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
             // left of the diagonal: x_s · exp(a_l0 − a_s) Δ_s (kdiag is a multiple of BKK, so
             // every k of the steps has its factor)
             if (kdiag > 0)
-                mma_mbar_loop<BM, BN, WM, true, false>(acc, smu.cx, 0, kdiag, cb_p, x_p,
-                                                       0x7fffffffffffffffll, NoFix(),
-                                                       [&](i64 s) { return kx[s]; });
+                cx0.template run<WM>(acc, kdiag, 0x7fffffffffffffffll, NoFix(),
+                                     [&](i64 s) { return kx[s]; });
+            // the diagonal tile's product: the primed pipeline when it is the first
+            auto diag = [&](const auto& fa) {
+                if (kdiag == 0) cx0.template run<WM>(acc, kend, kcap, fa, NoFix());
+                else
+                    mma_mbar_loop<BM, BN, WM, true, false>(acc, smu.cx, kdiag, kend, cb_p, x_p,
+                                                           kcap, fa);
+            };
             // The diagonal tile: CB[l, s] · f_s (0 for s > l), plus D on row l's own column.
             if (flat) {
                 // f_s = exp(a_l0 − a_s) Δ_s from the table, D exp(a_l0 − a_l); then the sums so
                 // far (left of and on the diagonal) · exp(−a_l0), + C_l · P_c with no factor on
                 // the operands, and all · exp(a_l): u_l (left + diagonal) + exp(a_l) C_l · P_c
-                mma_mbar_loop<BM, BN, WM, true, false>(
-                    acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, [&](int m, i64 s, float v) {
-                        const i64 d = l0 + m - s;
-                        const float r = d >= 0 ? v * kx[s] : 0.0f;
-                        return d == 0 ? r + dfrow[m] : r;
-                    });
+                diag([&](int m, i64 s, float v) {
+                    const i64 d = l0 + m - s;
+                    const float r = d >= 0 ? v * kx[s] : 0.0f;
+                    return d == 0 ? r + dfrow[m] : r;
+                });
                 scale_mma_all(acc, exp(-((double)ar + (double)lr)));
                 mma_mbar_loop<BM, BN, WM, true, true>(
                     acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
@@ -465,14 +475,13 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
             } else {
                 // f_s = exp(a_l − a_s) Δ_s per element, D as it is
                 if (kdiag > 0) scale_mma_rows<S>(acc, urow);
+                diag([&](int m, i64 s, float v) {
+                    const i64 i = l0 + m;
+                    const float r =
+                        s <= i ? v * (exp_seg(dl[m], dll[m], sa(s), sl(s)) * sd(s)) : 0.0f;
+                    return i == s ? r + dh : r;
+                });
                 inter();
-                mma_mbar_loop<BM, BN, WM, true, false>(
-                    acc, smu.cx, kdiag, kend, cb_p, x_p, kcap, [&](int m, i64 s, float v) {
-                        const i64 i = l0 + m;
-                        const float r =
-                            s <= i ? v * (exp_seg(dl[m], dll[m], sa(s), sl(s)) * sd(s)) : 0.0f;
-                        return i == s ? r + dh : r;
-                    });
             }
         } else {
             if (kdiag > 0) {
