@@ -86,19 +86,22 @@ __device__ __forceinline__ void chunk_state_block(
         return mode == 0 ? exp_seg(a_last, lo_last, dac[s], lo_at(dlc, s)) * dtc[s]
                          : exp_hl(dac[s], lo_at(dlc, s));
     };
-    for (int s = threadIdx.x; s < QS; s += NT) ws[s] = w_at(s);
-    __syncthreads();
     const bool fast = len == q && q <= QS && !seq && np % 4 == 0 && nn % 4 == 0 &&
                       p0 + BM <= np && n0 + BN <= nn && aligned16(X) && aligned16(Y);
+    // the fast form's first copies go out before the w_s table is set up
+    MbarPipe<BM, BN, false, false, NT, 4> pipe(smu.a);
+    if (fast)
+        pipe.begin(0, (int)len, [&](int m, i64 s) { return Xb + s * nh * np + p0 + m; },
+                   [&](int n, i64 s) { return Yb + s * ng * nn + n0 + n; });
+    for (int s = threadIdx.x; s < QS; s += NT) ws[s] = w_at(s);
+    __syncthreads();
     double acc[S::MT][S::NTT][4];
     zero_mma(acc);
     if (fast) {
         // (w_s as Y's fragments are read: ws is 0 past the chunk, so every k of the steps has
         // its factor)
-        mma_mbar_loop<BM, BN, WM, false, false>(
-            acc, smu.a, 0, len, [&](int m, i64 s) { return Xb + s * nh * np + p0 + m; },
-            [&](int n, i64 s) { return Yb + s * ng * nn + n0 + n; }, 0x7fffffffffffffffll,
-            NoFix(), [&](i64 s) { return ws[s]; });
+        pipe.template run<WM>(acc, len, 0x7fffffffffffffffll, NoFix(),
+                              [&](i64 s) { return ws[s]; });
     } else {
         mma_loop<BM, BN, WM, false, false>(
             acc, smu.g, 0, len,
