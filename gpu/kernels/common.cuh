@@ -511,7 +511,6 @@ __device__ __forceinline__ void mbar_wait(unsigned long long* b, unsigned parity
             : "memory");
 }
 
-
 // 16 bytes from global src to shared address d, or zeros when !valid (src not read).
 __device__ __forceinline__ void cp_async16(unsigned d, const float* src, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
@@ -686,16 +685,11 @@ __device__ __forceinline__ void mma_loop_async(double (&acc)[MT][NTT][4],
         [&](i64, int n, i64 k) { return pb(n, k); }, kcap, kfloor, fa, fb, [](i64) {});
 }
 
-// mma_loop_async without the block barrier of each step, and so without fix-ups in shared
-// memory (ka / kb are applied as the fragments are read: async_step_mma): a stage's copies
-// complete one mbarrier (full: each thread arrives once its own copies have landed) and its
-// readers another (empty), so a warp waits only for the step it reads to have landed and,
-// before it refills a stage, for every thread to have read that stage; warps of a block run up
-// to a step apart instead of meeting at every step. ka and kb must be finite for every k of
-// the steps (kend rounded up to BKK). Blocks run it from every thread, with no early exit.
-// Its copies and steps as an object, so that a block can issue the first steps' copies
-// (begin) before other set-up work and run the steps later (run); begin's klen may be a lower
-// bound of run's (the copies of the first NS − 1 steps are whole whenever klen ≥ (NS − 1) BKK).
+// The pipeline of mma_mbar_loop as an object, so that a block can issue the first steps'
+// copies (begin: the barriers, then NS − 1 steps) before other set-up work and run the steps
+// later (run); begin's klen may be a lower bound of run's (the copies of the first NS − 1 steps
+// are whole whenever klen ≥ (NS − 1) BKK). Every thread of the block calls both, with no early
+// exit in between.
 template <int BM, int BN, bool A_KC, bool B_KC, int NTH, int NS>
 struct MbarPipe {
     AsyncSmem<BM, BN, A_KC, B_KC, NS>& sm;
@@ -753,6 +747,13 @@ struct MbarPipe {
     }
 };
 
+// mma_loop_async without the block barrier of each step, and so without fix-ups in shared
+// memory (ka / kb are applied as the fragments are read: async_step_mma): a stage's copies
+// complete one mbarrier (full: each thread arrives once its own copies have landed) and its
+// readers another (empty), so a warp waits only for the step it reads to have landed and,
+// before it refills a stage, for every thread to have read that stage; warps of a block run up
+// to a step apart instead of meeting at every step. ka and kb must be finite for every k of
+// the steps (kend rounded up to BKK).
 template <int BM, int BN, int WM, bool A_KC, bool B_KC, int NTH = NT, int NS = 3, int MT, int NTT,
           class PA, class PB, class KA = NoFix, class KB = NoFix>
 __device__ __forceinline__ void mma_mbar_loop(double (&acc)[MT][NTT][4],
