@@ -476,7 +476,10 @@ template <int BX, bool KC, int NS>
 struct AsyncTile {
     static constexpr int R = KC ? BX : BKK, W = KC ? BKK + 4 : BX + 8;
     float t[NS][R][W];
-    __device__ float* at(int st, int i, int k) { return KC ? &t[st][i][k] : &t[st][k][i]; }
+    // the offset of (i, k) from (0, 0) within a stage (linear: async_step_mma reads a step's
+    // fragments at compile-time offsets from one origin)
+    __device__ static constexpr int off(int i, int k) { return KC ? i * W + k : k * W + i; }
+    __device__ float* at(int st, int i, int k) { return &t[st][0][0] + off(i, k); }
 };
 
 template <int BM, int BN, bool A_KC, bool B_KC, int NS = 3>
@@ -571,6 +574,11 @@ __device__ __forceinline__ void async_step_mma(double (&acc)[MT][NTT][4], SM& sm
                                                const KA& ka, const KB& kb) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wm0 = S::warp_m0(), wn0 = S::warp_n0();
+    // the thread's fragment origins in stage st: A[wm0 + g, t], B[t, wn0 + g]
+    const float* oa = sm.a.at(st, wm0 + g, t);
+    const float* ob = sm.b.at(st, wn0 + g, t);
+    auto a_at = [&](int di, int dk) { return oa[sm.a.off(di, dk)]; };
+    auto b_at = [&](int dn, int dk) { return ob[sm.b.off(dn, dk)]; };
 #pragma unroll
     for (int kk = 0; kk < BKK; kk += 8) {
         double av[MT][4], b0[NTT], b1[NTT];
@@ -579,15 +587,15 @@ __device__ __forceinline__ void async_step_mma(double (&acc)[MT][NTT][4], SM& sm
         for (int i = 0; i < MT; ++i) {
             const int m = wm0 + i * 16 + g;
             if constexpr (IsNoFix<KA>::value) {
-                av[i][0] = (double)*sm.a.at(st, m, kk + t);
-                av[i][1] = (double)*sm.a.at(st, m + 8, kk + t);
-                av[i][2] = (double)*sm.a.at(st, m, kk + t + 4);
-                av[i][3] = (double)*sm.a.at(st, m + 8, kk + t + 4);
+                av[i][0] = (double)a_at(i * 16, kk);
+                av[i][1] = (double)a_at(i * 16 + 8, kk);
+                av[i][2] = (double)a_at(i * 16, kk + 4);
+                av[i][3] = (double)a_at(i * 16 + 8, kk + 4);
             } else {
-                av[i][0] = (double)ka(m, k, *sm.a.at(st, m, kk + t));
-                av[i][1] = (double)ka(m + 8, k, *sm.a.at(st, m + 8, kk + t));
-                av[i][2] = (double)ka(m, k + 4, *sm.a.at(st, m, kk + t + 4));
-                av[i][3] = (double)ka(m + 8, k + 4, *sm.a.at(st, m + 8, kk + t + 4));
+                av[i][0] = (double)ka(m, k, a_at(i * 16, kk));
+                av[i][1] = (double)ka(m + 8, k, a_at(i * 16 + 8, kk));
+                av[i][2] = (double)ka(m, k + 4, a_at(i * 16, kk + 4));
+                av[i][3] = (double)ka(m + 8, k + 4, a_at(i * 16 + 8, kk + 4));
             }
         }
         float f0 = 1.0f, f1 = 1.0f;  // B's factors of rows k, k + 4
@@ -597,13 +605,12 @@ __device__ __forceinline__ void async_step_mma(double (&acc)[MT][NTT][4], SM& sm
         }
 #pragma unroll
         for (int j = 0; j < NTT; ++j) {
-            const int n = wn0 + j * 8 + g;
             if constexpr (IsNoFix<KB>::value) {
-                b0[j] = (double)*sm.b.at(st, n, kk + t);
-                b1[j] = (double)*sm.b.at(st, n, kk + t + 4);
+                b0[j] = (double)b_at(j * 8, kk);
+                b1[j] = (double)b_at(j * 8, kk + 4);
             } else {
-                b0[j] = (double)(*sm.b.at(st, n, kk + t) * f0);
-                b1[j] = (double)(*sm.b.at(st, n, kk + t + 4) * f1);
+                b0[j] = (double)(b_at(j * 8, kk) * f0);
+                b1[j] = (double)(b_at(j * 8, kk + 4) * f1);
             }
         }
 #pragma unroll

@@ -324,7 +324,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     auto& sm = smu.g;
     __shared__ float dl[BM], dll[BM], erow[BM], urow[BM];
     __shared__ float ka[QS], kal[QS], kdt[QS];  // a, its lo part and Δ of the chunk's first QS s
-    __shared__ __align__(16) float kx[QS];  // exp(a_l0 − a_s) Δ_s for s < min(kend, QS)
+    __shared__ float kx[QS];                    // exp(a_l0 − a_s) Δ_s for s < min(kend, QS)
     __shared__ float dfrow[BM];               // D exp(a_l0 − a_l) (the flat form's D)
     __shared__ double erow64[BM];             // erow in f64 (the flat form's factor of C_l · P_c)
     const i64 tl = (q + BM - 1) / BM, tp = (np + BN - 1) / BN;
@@ -426,11 +426,11 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
             return s < len ? ld4(xb + s * nh * np, p0 + n, np) : f4_zero();
         };
         auto x_fix = [&](int, i64 s, float4 v) {  // · exp(a_l0 − a_s) Δ_s (left of the diagonal)
-            return f4_scale(v, F || s < QS ? kx[s] : exp_seg_exact(ar, lr, sa(s), sl(s)) * sd(s));
+            return f4_scale(v, s < QS ? kx[s] : exp_seg_exact(ar, lr, sa(s), sl(s)) * sd(s));
         };
         auto cb_fix = [&](int m, i64 s, float4 v) {  // · exp(a_i − a_s) Δ_s, 0 for s > i
             const i64 i = l0 + m;
-            if (!F && i >= len) return f4_zero();
+            if (i >= len) return f4_zero();
             const float a = dl[m], al = dll[m];
             v.x = s <= i ? v.x * (exp_seg(a, al, sa(s), sl(s)) * sd(s)) : 0.0f;
             v.y = s + 1 <= i ? v.y * (exp_seg(a, al, sa(s + 1), sl(s + 1)) * sd(s + 1)) : 0.0f;
@@ -442,11 +442,11 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
         if constexpr (F) {
             // whole aligned tiles: asynchronous copies (mma_mbar_loop), the factors applied as
             // the fragments are read
-            auto inter = [&] {  // + exp(a_l) C_l · P_c
+            auto inter = [&](const auto& fa) {  // + C_l · P_c, C's elements through fa
                 mma_mbar_loop<BM, BN, WM, true, true>(
                     acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
                     [&](int n, i64 k) { return Pb + (p0 + n) * nn + k; }, 0x7fffffffffffffffll,
-                    [&](int m, i64, float v) { return v * erow[m]; });
+                    fa);
             };
             // left of the diagonal: x_s · exp(a_l0 − a_s) Δ_s (kdiag is a multiple of BKK, so
             // every k of the steps has its factor)
@@ -471,9 +471,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
                     return d == 0 ? r + dfrow[m] : r;
                 });
                 scale_mma_all(acc, exp(-((double)ar + (double)lr)));
-                mma_mbar_loop<BM, BN, WM, true, true>(
-                    acc, smu.cp, 0, nn, [&](int m, i64 k) { return Cb + (l0 + m) * ng * nn + k; },
-                    [&](int n, i64 k) { return Pb + (p0 + n) * nn + k; });
+                inter(NoFix());
                 scale_mma_rows<S>(acc, erow64);
             } else {
                 // f_s = exp(a_l − a_s) Δ_s per element, D as it is
@@ -484,7 +482,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
                         s <= i ? v * (exp_seg(dl[m], dll[m], sa(s), sl(s)) * sd(s)) : 0.0f;
                     return i == s ? r + dh : r;
                 });
-                inter();
+                inter([&](int m, i64, float v) { return v * erow[m]; });  // exp(a_l) C_l · P_c
             }
         } else {
             if (kdiag > 0) {
