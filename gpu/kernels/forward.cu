@@ -325,8 +325,8 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     __shared__ float dl[BM], dll[BM], erow[BM], urow[BM];
     __shared__ float ka[QS], kal[QS], kdt[QS];  // a, its lo part and Δ of the chunk's first QS s
     __shared__ float kx[QS];                    // exp(a_l0 − a_s) Δ_s for s < min(kend, QS)
-    __shared__ float dfrow[BM];               // D exp(a_l0 − a_l) (the flat form's D)
-    __shared__ double erow64[BM];             // erow in f64 (the flat form's factor of C_l · P_c)
+    __shared__ float dfrow[BM];                 // D exp(a_l0 − a_l) (the flat form's D)
+    __shared__ double erow64[BM];               // erow in f64 (the flat form's factor of C_l · P_c)
     const i64 tl = (q + BM - 1) / BM, tp = (np + BN - 1) / BN;
     BlockIdx bi;
     const i64 pt = bi.next(tp), lt = bi.next(tl), h = bi.next(nh), c = bi.next(nc), b = bi.rest;
