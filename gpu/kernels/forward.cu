@@ -98,10 +98,10 @@ __device__ __forceinline__ void chunk_state_block(
     double acc[S::MT][S::NTT][4];
     zero_mma(acc);
     if (fast) {
-        // (w_s as Y's fragments are read: ws is 0 past the chunk, so every k of the steps has
-        // its factor)
-        pipe.template run<WM>(acc, len, 0x7fffffffffffffffll, NoFix(),
-                              [&](i64 s) { return ws[s]; });
+        // (w_s as X's fragments are read, the operand with the fewer elements per thread: ws
+        // is 0 past the chunk, so every k of the steps has its factor)
+        pipe.template run<WM>(acc, len, 0x7fffffffffffffffll,
+                              [&](int, i64 s, float v) { return v * ws[s]; }, NoFix());
     } else {
         mma_loop<BM, BN, WM, false, false>(
             acc, smu.g, 0, len,
@@ -448,11 +448,12 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
                     [&](int n, i64 k) { return Pb + (p0 + n) * nn + k; }, 0x7fffffffffffffffll,
                     fa);
             };
-            // left of the diagonal: x_s · exp(a_l0 − a_s) Δ_s (kdiag is a multiple of BKK, so
-            // every k of the steps has its factor)
+            // left of the diagonal: CB[l, s] · exp(a_l0 − a_s) Δ_s (on CB, the operand with the
+            // fewer elements per thread; kdiag is a multiple of BKK, so every k of the steps has
+            // its factor)
             if (kdiag > 0)
-                cx0.template run<WM>(acc, kdiag, 0x7fffffffffffffffll, NoFix(),
-                                     [&](i64 s) { return kx[s]; });
+                cx0.template run<WM>(acc, kdiag, 0x7fffffffffffffffll,
+                                     [&](int, i64 s, float v) { return v * kx[s]; }, NoFix());
             // the diagonal tile's product: the primed pipeline when it is the first
             auto diag = [&](const auto& fa) {
                 if (kdiag == 0) cx0.template run<WM>(acc, kend, kcap, fa, NoFix());
