@@ -358,9 +358,9 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
     // The split decay exp(a_l − a_s) = exp(a_l − a_l0) · exp(a_l0 − a_s) for the columns s < l0
     // of the tiles left of the diagonal: both factors ≤ 1 where a does not rise (a_s ≥ a_l0 ≥
     // a_l), so neither overflows and one underflows only where the true decay is smaller
-    // still. Then CB needs no per-element factor there: x_s takes exp(a_l0 − a_s) Δ_s and the
-    // f64 sums take u_l. Where a rises anywhere in [0, l0 + BM) the whole block keeps the
-    // per-element form.
+    // still. Then no product there needs a factor per element: column s (of CB in the fast
+    // form, of x's row s in the general one) takes exp(a_l0 − a_s) Δ_s and the f64 sums take
+    // u_l. Where a rises anywhere in [0, l0 + BM) the whole block keeps the per-element form.
     // Where a also falls by at most FLAT across the diagonal tile (the block is "flat"), the
     // diagonal tile takes the same split, exp(a_l − a_s) = u_l · exp(a_l0 − a_s) with the second
     // factor now ≥ 1 but ≤ e^FLAT: CB[l, s] takes the column factor from a table, with no exp per
