@@ -566,12 +566,13 @@ __device__ __forceinline__ void async_fix(AsyncTile<BX, KC, NS>& tile, int st, i
 // The products of one BKK-deep step from stage st of the asynchronous tiles (k0: the step's
 // first k): per 8-deep half, each warp reads its A and B fragments (rows g, g + 8 and column t,
 // t + 4 of A; row t, t + 4 and column g of B: see mma_row / mma_col) and issues its MT × NTT
-// mma.m16n8k8. ka(m, k, v) and kb(k), unless NoFix, are factors applied to the f32 elements as
-// they are read (the same f32 product a fix-up of the piece in shared memory would make):
-// A[m, k] → ka(m, k, A[m, k]), B[k, n] → B[k, n] · kb(k).
-template <class S, int MT, int NTT, class SM, class KA, class KB>
+// mma.m16n8k8. ka(m, k, v), unless NoFix, is applied to A's f32 elements as they are read
+// (the same f32 product a fix-up of the piece in shared memory would make): A[m, k] →
+// ka(m, k, A[m, k]). (Callers put a per-token factor on A: in their 16 × 32 warp tiles A has 4
+// elements per thread and 8-deep half, B 8.)
+template <class S, int MT, int NTT, class SM, class KA>
 __device__ __forceinline__ void async_step_mma(double (&acc)[MT][NTT][4], SM& sm, int st, i64 k0,
-                                               const KA& ka, const KB& kb) {
+                                               const KA& ka) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wm0 = S::warp_m0(), wn0 = S::warp_n0();
     // the thread's fragment origins in stage st: A[wm0 + g, t], B[t, wn0 + g]
@@ -598,20 +599,10 @@ __device__ __forceinline__ void async_step_mma(double (&acc)[MT][NTT][4], SM& sm
                 av[i][3] = (double)ka(m + 8, k + 4, a_at(i * 16 + 8, kk + 4));
             }
         }
-        float f0 = 1.0f, f1 = 1.0f;  // B's factors of rows k, k + 4
-        if constexpr (!IsNoFix<KB>::value) {
-            f0 = kb(k);
-            f1 = kb(k + 4);
-        }
 #pragma unroll
         for (int j = 0; j < NTT; ++j) {
-            if constexpr (IsNoFix<KB>::value) {
-                b0[j] = (double)b_at(j * 8, kk);
-                b1[j] = (double)b_at(j * 8, kk + 4);
-            } else {
-                b0[j] = (double)(b_at(j * 8, kk) * f0);
-                b1[j] = (double)(b_at(j * 8, kk + 4) * f1);
-            }
+            b0[j] = (double)b_at(j * 8, kk);
+            b1[j] = (double)b_at(j * 8, kk + 4);
         }
 #pragma unroll
         for (int i = 0; i < MT; ++i)
@@ -671,7 +662,7 @@ __device__ __forceinline__ void mma_async_segments(double (&acc)[MT][NTT][4],
             if (!IsNoFix<FB>::value) async_fix<BN, B_KC, NTH>(sm.b, st, k0, kend, fb);
             __syncthreads();  // every piece of step k0 in place; every read of the step before done
             issue(st == 0 ? NS - 1 : st - 1);
-            if (k0 <= kcap && k0 + BKK > kfloor) async_step_mma<S>(acc, sm, st, k0, NoFix(), NoFix());
+            if (k0 <= kcap && k0 + BKK > kfloor) async_step_mma<S>(acc, sm, st, k0, NoFix());
             st = st == NS - 1 ? 0 : st + 1;
         }
         end(seg);
@@ -730,8 +721,8 @@ struct MbarPipe {
         for (int s = 0; s < NS - 1; ++s)
             if (s * BKK < klen) issue(s, klen);
     }
-    template <int WM, int MT, int NTT, class KA, class KB>
-    __device__ void run(double (&acc)[MT][NTT][4], i64 kend, i64 kcap, const KA& ka, const KB& kb) {
+    template <int WM, int MT, int NTT, class KA>
+    __device__ void run(double (&acc)[MT][NTT][4], i64 kend, i64 kcap, const KA& ka) {
         using S = MmaShape<BM, BN, WM, NTH>;
         static_assert(S::MT == MT && S::NTT == NTT, "accumulator shape");
         const int klen = (int)(kend - kbeg), nsteps = (klen + BKK - 1) / BKK;
@@ -740,7 +731,7 @@ struct MbarPipe {
         for (int n = 0; n < nsteps; ++n) {
             const int k0 = n * BKK;  // relative to kbeg
             mbar_wait(&sm.full[st], (unsigned)(n / NS) & 1u);
-            if (k0 <= kc) async_step_mma<S>(acc, sm, st, kbeg + k0, ka, kb);
+            if (k0 <= kc) async_step_mma<S>(acc, sm, st, kbeg + k0, ka);
             mbar_arrive(&sm.empty[st]);
             const int nx = n + NS - 1;  // the step to copy next, into the stage step n − 1 used
             if (nx < nsteps) {
@@ -755,23 +746,22 @@ struct MbarPipe {
 };
 
 // mma_loop_async without the block barrier of each step, and so without fix-ups in shared
-// memory (ka / kb are applied as the fragments are read: async_step_mma): a stage's copies
+// memory (ka is applied to A as the fragments are read: async_step_mma): a stage's copies
 // complete one mbarrier (full: each thread arrives once its own copies have landed) and its
 // readers another (empty), so a warp waits only for the step it reads to have landed and,
 // before it refills a stage, for every thread to have read that stage; warps of a block run up
-// to a step apart instead of meeting at every step. ka and kb must be finite for every k of
-// the steps (kend rounded up to BKK).
+// to a step apart instead of meeting at every step. ka must be finite for every k of the
+// steps (kend rounded up to BKK).
 template <int BM, int BN, int WM, bool A_KC, bool B_KC, int NTH = NT, int NS = 3, int MT, int NTT,
-          class PA, class PB, class KA = NoFix, class KB = NoFix>
+          class PA, class PB, class KA = NoFix>
 __device__ __forceinline__ void mma_mbar_loop(double (&acc)[MT][NTT][4],
                                               AsyncSmem<BM, BN, A_KC, B_KC, NS>& sm, i64 kbeg,
                                               i64 kend, const PA& pa, const PB& pb,
-                                              i64 kcap = 0x7fffffffffffffffll, const KA& ka = KA(),
-                                              const KB& kb = KB()) {
+                                              i64 kcap = 0x7fffffffffffffffll, const KA& ka = KA()) {
     if (kbeg >= kend) return;
     MbarPipe<BM, BN, A_KC, B_KC, NTH, NS> pipe(sm);
     pipe.begin(kbeg, (int)(kend - kbeg), pa, pb);
-    pipe.template run<WM>(acc, kend, kcap, ka, kb);
+    pipe.template run<WM>(acc, kend, kcap, ka);
 }
 
 // acc[·][·][r] *= e[mma_row(·, r)]: the accumulator rows scaled by a shared-memory vector

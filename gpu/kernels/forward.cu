@@ -101,7 +101,7 @@ __device__ __forceinline__ void chunk_state_block(
         // (w_s as X's fragments are read, the operand with the fewer elements per thread: ws
         // is 0 past the chunk, so every k of the steps has its factor)
         pipe.template run<WM>(acc, len, 0x7fffffffffffffffll,
-                              [&](int, i64 s, float v) { return v * ws[s]; }, NoFix());
+                              [&](int, i64 s, float v) { return v * ws[s]; });
     } else {
         mma_loop<BM, BN, WM, false, false>(
             acc, smu.g, 0, len,
@@ -428,14 +428,15 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
         auto x_fix = [&](int, i64 s, float4 v) {  // · exp(a_l0 − a_s) Δ_s (left of the diagonal)
             return f4_scale(v, s < QS ? kx[s] : exp_seg_exact(ar, lr, sa(s), sl(s)) * sd(s));
         };
+        // exp(a_i − a_s) Δ_s for row i = l0 + m (the per-element factor of the diagonal tile)
+        auto f_el = [&](int m, i64 s) { return exp_seg(dl[m], dll[m], sa(s), sl(s)) * sd(s); };
         auto cb_fix = [&](int m, i64 s, float4 v) {  // · exp(a_i − a_s) Δ_s, 0 for s > i
             const i64 i = l0 + m;
             if (i >= len) return f4_zero();
-            const float a = dl[m], al = dll[m];
-            v.x = s <= i ? v.x * (exp_seg(a, al, sa(s), sl(s)) * sd(s)) : 0.0f;
-            v.y = s + 1 <= i ? v.y * (exp_seg(a, al, sa(s + 1), sl(s + 1)) * sd(s + 1)) : 0.0f;
-            v.z = s + 2 <= i ? v.z * (exp_seg(a, al, sa(s + 2), sl(s + 2)) * sd(s + 2)) : 0.0f;
-            v.w = s + 3 <= i ? v.w * (exp_seg(a, al, sa(s + 3), sl(s + 3)) * sd(s + 3)) : 0.0f;
+            v.x = s <= i ? v.x * f_el(m, s) : 0.0f;
+            v.y = s + 1 <= i ? v.y * f_el(m, s + 1) : 0.0f;
+            v.z = s + 2 <= i ? v.z * f_el(m, s + 2) : 0.0f;
+            v.w = s + 3 <= i ? v.w * f_el(m, s + 3) : 0.0f;
             return v;
         };
         const i64 kcap = l0 + S::warp_m0() + S::WTM - 1;  // causal: a warp's last row's s
@@ -453,10 +454,10 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
             // its factor)
             if (kdiag > 0)
                 cx0.template run<WM>(acc, kdiag, 0x7fffffffffffffffll,
-                                     [&](int, i64 s, float v) { return v * kx[s]; }, NoFix());
+                                     [&](int, i64 s, float v) { return v * kx[s]; });
             // the diagonal tile's product: the primed pipeline when it is the first
             auto diag = [&](const auto& fa) {
-                if (kdiag == 0) cx0.template run<WM>(acc, kend, kcap, fa, NoFix());
+                if (kdiag == 0) cx0.template run<WM>(acc, kend, kcap, fa);
                 else
                     mma_mbar_loop<BM, BN, WM, true, false>(acc, smu.cx, kdiag, kend, cb_p, x_p,
                                                            kcap, fa);
@@ -479,8 +480,7 @@ extern "C" __global__ void __launch_bounds__(NT, 3) chunk_scan_kernel(
                 if (kdiag > 0) scale_mma_rows<S>(acc, urow);
                 diag([&](int m, i64 s, float v) {
                     const i64 i = l0 + m;
-                    const float r =
-                        s <= i ? v * (exp_seg(dl[m], dll[m], sa(s), sl(s)) * sd(s)) : 0.0f;
+                    const float r = s <= i ? v * f_el(m, s) : 0.0f;
                     return i == s ? r + dh : r;
                 });
                 inter([&](int m, i64, float v) { return v * erow[m]; });  // exp(a_l) C_l · P_c
