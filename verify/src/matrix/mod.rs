@@ -16,6 +16,12 @@
 //!
 //! Thresholds come from [`crate::tolerance`]: float64 routes by `FORMS_F64`, `GRADS_F64` and
 //! `FD_DIRECTIONAL`, f32 backends by `FORWARD_F32` and `GRADIENT_F32`.
+//!
+//! Every tensor a backend returns is scanned for NaN and infinities ([`crate::finite`]): those
+//! compared in [`Row::compare`] (with their truth), the ones no row compares (extra outputs, the
+//! raw outputs of the reference's backward kernels behind the adjoint scalars, the four pieces
+//! of the `A` adjoint) here. A non-finite tensor fails its row with a note such as
+//! `out: 3 non-finite values, first NaN at (b, l, h, p) = (0, 1234, 3, 17)`.
 
 pub mod adjoint;
 pub mod cases;
@@ -111,6 +117,25 @@ fn slice_problem(p: &Problem<f64>, t0: usize, t1: usize, keep_initial: bool) -> 
 
 fn named<'a>(tensors: &'a Tensors, name: &str) -> Option<&'a ArrayD<f64>> {
     tensors.iter().find(|(n, _)| *n == name).map(|(_, a)| a)
+}
+
+/// Failing rows for the tensors of `got` that no row compares with a truth (their names are
+/// not in `compared`) but that hold NaN or an infinity.
+pub fn unmatched_non_finite_rows<'a>(
+    kernel: &str,
+    backend: &str,
+    case: &str,
+    threshold: f64,
+    got: impl IntoIterator<Item = (&'a str, &'a ArrayD<f64>)>,
+    compared: &[&str],
+) -> Vec<Row> {
+    got.into_iter()
+        .filter(|(name, _)| !compared.contains(name))
+        .filter_map(|(name, a)| {
+            crate::finite::message(kernel, name, name, a)
+                .map(|m| Row::non_finite(kernel, backend, name, case, threshold, m))
+        })
+        .collect()
 }
 
 /// The float64 kernel `kernel` against its independent float64 route, on `case.exact`.
@@ -335,11 +360,26 @@ fn case_rows(
             let key = sort_key(0, Some(k), bi);
             if prec == Precision::F64 && bname == "reference" {
                 let triples = if k.is_backward() {
-                    adjoint_rows(k, case)?
+                    // the adjoint rows compare scalars `⟨v, Jᵀ w⟩`: scan the raw outputs here
+                    let raw = Reference.kernel(k, &case.exact)?.unwrap_or_default();
+                    let bad = unmatched_non_finite_rows(
+                        k.name(),
+                        bname,
+                        &case.label,
+                        thr,
+                        raw.iter().map(|(n, a)| (*n, a)),
+                        &[],
+                    );
+                    let bad_names: Vec<String> = bad.iter().map(|r| r.tensor.clone()).collect();
+                    rows.extend(bad.into_iter().map(|r| (key, r)));
+                    adjoint_rows(k, case, &raw)?
+                        .into_iter()
+                        .filter(|(t, _, _)| !bad_names.contains(t))
+                        .collect()
                 } else {
                     reference_forward_rows(k, case)?
                 };
-                if triples.is_empty() {
+                if triples.is_empty() && !rows.iter().any(|(kk, _)| *kk == key) {
                     rows.push((
                         key,
                         Row::failed(
@@ -424,6 +464,17 @@ fn case_rows(
                             }
                         };
                         rows.push((key, row));
+                    }
+                    let compared: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
+                    for r in unmatched_non_finite_rows(
+                        k.name(),
+                        bname,
+                        &case.label,
+                        thr,
+                        got.iter().map(|(n, a)| (*n, a)),
+                        &compared,
+                    ) {
+                        rows.push((key, r));
                     }
                 }
             }
@@ -551,6 +602,27 @@ fn a_adjoint_row(case: &Case, threshold: f64) -> Result<Row, SsdError> {
     )?;
     let (_, want) =
         ssd_reference::ssd_recurrent_bwd_with_dda(&p.inputs(), &p.options, case.dout.view(), dfin)?;
+    let tensor = "ddA=intra+next+prev+chunk";
+    let pieces = [
+        ("ddA_intra_bhcq", &adj.intra),
+        ("ddA_next_bhcq", &adj.next),
+        ("ddA_prev_bhcq", &adj.prev),
+        ("ddA_chunk_bhcq", &adj.chunk),
+    ];
+    let bad: Vec<String> = pieces
+        .iter()
+        .filter_map(|(name, a)| crate::finite::message(COMBINED_BWD, name, name, *a))
+        .collect();
+    if !bad.is_empty() {
+        return Ok(Row::non_finite(
+            COMBINED_BWD,
+            "reference",
+            tensor,
+            &case.label,
+            threshold,
+            bad.join("; "),
+        ));
+    }
     let sum = &adj.intra + &adj.next + &adj.prev + &adj.chunk;
     let (nb, l, nh) = want.dim();
     let q = p.options.chunk_size;
@@ -558,7 +630,7 @@ fn a_adjoint_row(case: &Case, threshold: f64) -> Result<Row, SsdError> {
     Ok(Row::compare(
         COMBINED_BWD,
         "reference",
-        "ddA=intra+next+prev+chunk",
+        tensor,
         &case.label,
         &got.into_dyn(),
         &want.into_dyn(),
@@ -640,7 +712,8 @@ pub fn gradient_magnitudes(
     v
 }
 
-/// Rows comparing every gradient of `want` with `got`.
+/// Rows comparing every gradient of `want` with `got` (and failing rows for gradients only
+/// `got` holds, where they are non-finite).
 pub fn gradient_rows(
     kernel: &str,
     backend: &str,
@@ -651,8 +724,17 @@ pub fn gradient_rows(
     threshold: f64,
 ) -> Vec<Row> {
     let got = gradient_tensors(got);
-    gradient_tensors(want)
-        .into_iter()
+    let want = gradient_tensors(want);
+    let compared: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
+    let extra = unmatched_non_finite_rows(
+        kernel,
+        backend,
+        case,
+        threshold,
+        got.iter().map(|(n, a)| (*n, a)),
+        &compared,
+    );
+    want.into_iter()
         .map(|(name, w)| match got.iter().find(|(n, _)| *n == name) {
             None => Row::failed(
                 kernel,
@@ -667,16 +749,19 @@ pub fn gradient_rows(
                 Row::compare(kernel, backend, name, case, g, &w, mag, threshold)
             }
         })
+        .chain(extra)
         .collect()
 }
 
 /// The backward kernel `kernel` of the reference through the adjoint identity with its forward
-/// kernel: triples (tensor, `⟨v, Jᵀ w⟩`, `⟨J v, w⟩`) as 0-d arrays.
+/// kernel, given its outputs `got` on `case.exact`: triples (tensor, `⟨v, Jᵀ w⟩`, `⟨J v, w⟩`)
+/// as 0-d arrays.
 fn adjoint_rows(
     kernel: Kernel,
     case: &Case,
+    got: &Tensors,
 ) -> Result<Vec<(String, ArrayD<f64>, ArrayD<f64>)>, SsdError> {
-    adjoint::adjoint_checks(kernel, &case.exact)
+    adjoint::adjoint_checks(kernel, &case.exact, got)
 }
 
 /// Runs the matrix on `specs` for `backends`; `progress(done, total, what)` is called before

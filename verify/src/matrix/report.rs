@@ -1,7 +1,12 @@
 //! Verification rows: one measured error of one tensor of one kernel on one backend, printed as
 //! a table or as JSON (`--json`: one array of row objects with `kernel`, `backend`, `tensor`,
 //! `rel_l2`, `max_abs`, `threshold`, `pass`, and `metric`, `case`, `note`).
+//!
+//! Every tensor compared is scanned for NaN and infinities first ([`crate::finite`]): a
+//! non-finite result (or truth) fails its row with a note naming the tensor, the count and the
+//! multi-index of the first one, instead of an error figure that cannot be measured.
 
+use crate::finite;
 use crate::tolerance::{max_abs, passes, rel_l2, rel_to_magnitude};
 use ndarray::ArrayD;
 
@@ -48,6 +53,35 @@ pub struct Row {
     pub case: String,
     /// Why it failed to run, or what the error is measured against; empty if nothing to say.
     pub note: String,
+    /// A compared tensor held NaN or an infinity (`note` says which and where): the row fails
+    /// and its error is not measured.
+    pub non_finite: bool,
+}
+
+/// The notes on the non-finite values among the tensors of one comparison: `got` (the result,
+/// labelled by its tensor name), `want` (the float64 truth) and the magnitudes `Σ|terms|` (also
+/// from the float64 reference); `None` when all are finite.
+pub fn non_finite_note(
+    kernel: &str,
+    tensor: &str,
+    got: &ArrayD<f64>,
+    want: &ArrayD<f64>,
+    magnitude: Option<&ArrayD<f64>>,
+) -> Option<String> {
+    let mut notes = Vec::new();
+    if let Some(m) = finite::message(kernel, tensor, tensor, got) {
+        notes.push(m);
+    }
+    let reference = "(a bug of the float64 reference, or inputs past its range)";
+    if let Some(m) = finite::message(kernel, tensor, &format!("float64 truth of {tensor}"), want) {
+        notes.push(format!("{m} {reference}"));
+    }
+    if let Some(m) =
+        magnitude.and_then(|a| finite::message(kernel, tensor, &format!("Σ|terms| of {tensor}"), a))
+    {
+        notes.push(format!("{m} {reference}"));
+    }
+    (!notes.is_empty()).then(|| notes.join("; "))
 }
 
 impl Row {
@@ -79,6 +113,9 @@ impl Row {
                 ),
             );
         }
+        if let Some(note) = non_finite_note(kernel, tensor, got, want, magnitude) {
+            return Row::non_finite(kernel, backend, tensor, case, threshold, note);
+        }
         let (metric, err) = match magnitude {
             Some(m) if m.shape() == want.shape() => {
                 let mut e = 0.0f64;
@@ -106,6 +143,23 @@ impl Row {
             pass: passes(err, threshold),
             case: case.into(),
             note: String::new(),
+            non_finite: false,
+        }
+    }
+
+    /// A row whose result (or truth) holds NaN or an infinity, `note` saying which tensor and
+    /// where ([`non_finite_note`]): never passes, its error is not measured.
+    pub fn non_finite(
+        kernel: &str,
+        backend: &str,
+        tensor: &str,
+        case: &str,
+        threshold: f64,
+        note: impl Into<String>,
+    ) -> Row {
+        Row {
+            non_finite: true,
+            ..Row::failed(kernel, backend, tensor, case, threshold, note)
         }
     }
 
@@ -129,6 +183,7 @@ impl Row {
             pass: false,
             case: case.into(),
             note: note.into(),
+            non_finite: false,
         }
     }
 
@@ -149,10 +204,34 @@ impl Row {
         )
     }
 
-    /// The result column: PASS, FAIL, or MISSING when nothing could be measured.
+    /// The error as a table cell: `non-finite` where a compared tensor held NaN or an
+    /// infinity, `-` where nothing was measured.
+    pub fn error_cell(&self) -> String {
+        self.cell(self.rel_l2)
+    }
+
+    /// `max_abs` as a table cell (as [`Row::error_cell`]).
+    pub fn max_abs_cell(&self) -> String {
+        self.cell(self.max_abs)
+    }
+
+    fn cell(&self, v: f64) -> String {
+        if self.non_finite {
+            "non-finite".into()
+        } else if v.is_nan() {
+            "-".into()
+        } else {
+            format!("{v:.2e}")
+        }
+    }
+
+    /// The result column: PASS, FAIL (also for non-finite values), or MISSING when nothing
+    /// could be measured.
     pub fn verdict(&self) -> &'static str {
         if self.pass {
             "PASS"
+        } else if self.non_finite {
+            "FAIL"
         } else if self.rel_l2.is_nan() && !self.note.is_empty() {
             "MISSING"
         } else {
@@ -199,8 +278,9 @@ pub fn rows_json<I: IntoIterator<Item = String>>(objects: I) -> String {
 }
 
 /// Merges rows of the same (kernel, backend, tensor) into one, keeping the worst: a failure
-/// over a pass, then the larger error (NaN counts as the largest); `max_abs` is the largest
-/// over all. Order is that of first appearance.
+/// over a pass, then non-finite values over any other failure, then the larger error (NaN
+/// counts as the largest); `max_abs` is the largest over all. Order is that of first
+/// appearance.
 pub fn worst_per_tensor(rows: Vec<Row>) -> Vec<Row> {
     let mut out: Vec<Row> = Vec::new();
     for r in rows {
@@ -213,6 +293,7 @@ pub fn worst_per_tensor(rows: Vec<Row>) -> Vec<Row> {
                 let worse = match (o.pass, r.pass) {
                     (true, false) => true,
                     (false, true) => false,
+                    _ if o.non_finite != r.non_finite => r.non_finite,
                     _ => {
                         r.rel_l2.is_nan() && !o.rel_l2.is_nan()
                             || (!o.rel_l2.is_nan() && r.rel_l2 > o.rel_l2)
@@ -231,14 +312,6 @@ pub fn worst_per_tensor(rows: Vec<Row>) -> Vec<Row> {
         }
     }
     out
-}
-
-fn sci(v: f64) -> String {
-    if v.is_nan() {
-        "-".into()
-    } else {
-        format!("{v:.2e}")
-    }
 }
 
 /// The rows as an aligned table (a `†` after the error marks [`Metric::RelToMagnitude`]).
@@ -276,8 +349,8 @@ pub fn table(rows: &[Row]) -> String {
             r.kernel,
             r.backend,
             r.tensor,
-            sci(r.rel_l2),
-            sci(r.max_abs),
+            r.error_cell(),
+            r.max_abs_cell(),
             r.threshold,
             r.verdict(),
             r.case,
