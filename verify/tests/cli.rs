@@ -1,6 +1,7 @@
 //! The `ssd-verify` command as a subprocess: the matrix, export → check round trips, a file
-//! with a perturbed result (failing, naming the tensor), and malformed files (exit status 2
-//! with a message naming the problem).
+//! with a perturbed or non-finite result (failing, naming the tensor and, for NaN/∞, the
+//! index), and malformed files or non-finite inputs (exit status 2 with a message naming the
+//! problem).
 
 use ssd_verify::npz::{read_npz, write_npz, NpyArray, NpyOut};
 use std::collections::BTreeMap;
@@ -243,6 +244,98 @@ fn results_rounded_to_f32_pass_the_default_thresholds() {
     write_npz(&p, &m).unwrap();
     let (code, out, err) = check(&p, &["--backend", "reference"]);
     assert_eq!(code, Some(0), "{out}\n{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn non_finite_results_fail_naming_the_tensor_and_index() {
+    let dir = scratch("non-finite");
+    // shape 2,45,4,4,2,8: out and dz are (b, l, h, p) = (2, 45, 4, 4)
+    let p = edited(&dir, "nan.npz", |m| {
+        let mut out = float(m, "out");
+        out[[1, 40, 3, 2]] = f64::INFINITY;
+        out[[0, 7, 1, 2]] = f64::NAN;
+        m.insert("out".into(), NpyOut::F64(out));
+        let mut dz = float(m, "dz");
+        dz[[1, 3, 0, 1]] = f64::NEG_INFINITY;
+        m.insert("dz".into(), NpyOut::F64(dz));
+    });
+    let out_note = "out: 2 non-finite values, first NaN at (b, l, h, p) = (0, 7, 1, 2)";
+    let dz_note = "dz: 1 non-finite value, first -inf at (b, l, h, p) = (1, 3, 0, 1)";
+    for backend in ["reference", "cpu"] {
+        let (code, out, err) = check(&p, &["--backend", backend]);
+        assert_eq!(code, Some(1), "{out}\n{err}");
+        eprintln!("{out}");
+        for (tensor, note) in [("out", out_note), ("dz", dz_note)] {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&format!("{tensor} ")))
+                .unwrap_or_else(|| panic!("no row for {tensor}: {out}"));
+            assert!(line.contains("non-finite"), "{line}");
+            assert!(line.contains("FAIL"), "{line}");
+            assert!(line.contains(note), "{line}");
+        }
+        assert!(
+            out.contains("FAIL: the file's out, dz hold(s) NaN or infinite values"),
+            "{out}"
+        );
+        // nothing else fails: not the other results, not our backend
+        assert!(!out.contains("exceed(s) the threshold"), "{out}");
+        assert!(!out.contains("FAIL: our"), "{out}");
+        let (code, json, _) = check(&p, &["--json", "--backend", backend]);
+        assert_eq!(code, Some(1));
+        let failing: Vec<&str> = json
+            .lines()
+            .filter(|l| l.contains("\"pass\":false"))
+            .collect();
+        assert_eq!(failing.len(), 2, "{json}");
+        assert!(failing[0].contains("\"backend\":\"file\",\"tensor\":\"out\""));
+        assert!(
+            failing[0].contains(&format!("\"note\":\"{out_note}\"")),
+            "{json}"
+        );
+        assert!(failing[1].contains("\"backend\":\"file\",\"tensor\":\"dz\""));
+        assert!(
+            failing[1].contains(&format!("\"note\":\"{dz_note}\"")),
+            "{json}"
+        );
+    }
+    // no --rtol lets a NaN pass
+    let (code, out, _) = check(&p, &["--rtol", "1e300", "--backend", "reference"]);
+    assert_eq!(code, Some(1), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn non_finite_inputs_and_seeds_are_input_errors() {
+    let dir = scratch("non-finite-inputs");
+    let poison = |key: &'static str, index: [usize; 4], v: f64| {
+        move |m: &mut BTreeMap<String, NpyOut>| {
+            let mut a = float(m, key);
+            a[index.as_slice()] = v;
+            m.insert(key.into(), NpyOut::F64(a));
+        }
+    };
+    let p = edited(&dir, "x.npz", poison("x", [0, 3, 1, 2], f64::NAN));
+    assert_clear_error(&p, &["`x`", "NaN", "[0, 3, 1, 2]"]);
+    let p = edited(
+        &dir,
+        "init.npz",
+        poison("initial_states", [1, 0, 2, 5], f64::INFINITY),
+    );
+    assert_clear_error(&p, &["`initial_states`", "inf", "[1, 0, 2, 5]"]);
+    let p = edited(
+        &dir,
+        "dout.npz",
+        poison("dout", [1, 44, 3, 3], f64::NEG_INFINITY),
+    );
+    assert_clear_error(&p, &["`dout`", "-inf", "[1, 44, 3, 3]"]);
+    let p = edited(
+        &dir,
+        "dfinal.npz",
+        poison("dfinal_states", [0, 1, 2, 3], f64::NAN),
+    );
+    assert_clear_error(&p, &["`dfinal_states`", "NaN", "[0, 1, 2, 3]"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

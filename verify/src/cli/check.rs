@@ -9,6 +9,10 @@
 //! in TF32 and land near 1e-3: judge them with `--rtol 1e-2`.) `dA`, `ddt_bias` and `dD` are
 //! sums of many signed terms and are measured relative to the sum of their terms' magnitudes.
 //! Our backend is judged by its own thresholds (float64 or f32).
+//!
+//! Non-finite values: in an input or seed the file cannot be checked (an input error); in a
+//! result of the file or of our backend (or in the truth) the row fails with a note naming the
+//! tensor, the count and the first one's index ([`crate::finite`]).
 
 use super::CliError;
 use crate::backends::{backend, reference_backward_inputs, BackendKind, Precision};
@@ -19,6 +23,7 @@ use crate::matrix::{
 use crate::problem_file::{ProblemFile, RESULT_KEYS};
 use crate::tolerance::{FORWARD_F32, GRADIENT_F32};
 use ndarray::ArrayD;
+use ssd_reference::validate::check_finite;
 use ssd_reference::{validate, ChunkedForward, Problem, SsdError};
 use std::path::Path;
 
@@ -178,6 +183,13 @@ pub fn check_problem(
             ));
         }
     }
+    // the inputs' finiteness is `validate`'s; the seeds' is checked here, as an input error
+    if let Some(d) = &pf.dout {
+        check_finite("dout", &d.view())?;
+    }
+    if let Some(d) = &pf.dfinal_states {
+        check_finite("dfinal_states", &d.view())?;
+    }
     if pf.results.is_empty() {
         return Err(SsdError::Npz {
             key: None,
@@ -334,14 +346,6 @@ pub fn check_file(
     check_problem(&pf, &name, kind, rtol)
 }
 
-fn sci(v: f64) -> String {
-    if v.is_nan() {
-        "-".into()
-    } else {
-        format!("{v:.2e}")
-    }
-}
-
 /// The command: prints the report, returns whether everything passed.
 pub fn run(
     path: &Path,
@@ -398,14 +402,14 @@ pub fn run(
             o,
             "{:<16} | {:>10}{} {:>9} {:>9.0e} {:<7} | {:>10}{} {:>9} {:>9.0e} {:<7}{}",
             f.tensor,
-            sci(f.rel_l2),
+            f.error_cell(),
             mark(f),
-            sci(f.max_abs),
+            f.max_abs_cell(),
             f.threshold,
             f.verdict(),
-            sci(b.rel_l2),
+            b.error_cell(),
             mark(b),
-            sci(b.max_abs),
+            b.max_abs_cell(),
             b.threshold,
             b.verdict(),
             [&f.note, &b.note]
@@ -420,35 +424,38 @@ pub fn run(
         o,
         "errors are rel_l2 against the truth; † = relative to the sum of the terms' magnitudes"
     );
-    let failed: Vec<&str> = rep
-        .file_rows
-        .iter()
-        .filter(|r| !r.pass)
-        .map(|r| r.tensor.as_str())
-        .collect();
-    let ours_failed: Vec<&str> = rep
-        .backend_rows
-        .iter()
-        .filter(|r| !r.pass)
-        .map(|r| r.tensor.as_str())
-        .collect();
+    // failing tensors: (non-finite, other failures)
+    let failing = |rows: &[Row]| -> (Vec<String>, Vec<String>) {
+        let names = |nf: bool| {
+            rows.iter()
+                .filter(|r| !r.pass && r.non_finite == nf)
+                .map(|r| r.tensor.clone())
+                .collect()
+        };
+        (names(true), names(false))
+    };
     if ok {
         w!(o, "PASS: every result in the file is within its threshold");
     } else {
-        if !failed.is_empty() {
-            w!(
-                o,
-                "FAIL: the file's {} exceed(s) the threshold",
-                failed.join(", ")
-            );
-        }
-        if !ours_failed.is_empty() {
-            w!(
-                o,
-                "FAIL: our {}'s {} exceed(s) the threshold",
-                rep.backend,
-                ours_failed.join(", ")
-            );
+        for (whose, rows) in [
+            ("the file's".to_string(), &rep.file_rows),
+            (format!("our {}'s", rep.backend), &rep.backend_rows),
+        ] {
+            let (non_finite, failed) = failing(rows);
+            if !non_finite.is_empty() {
+                w!(
+                    o,
+                    "FAIL: {whose} {} hold(s) NaN or infinite values (see the notes)",
+                    non_finite.join(", ")
+                );
+            }
+            if !failed.is_empty() {
+                w!(
+                    o,
+                    "FAIL: {whose} {} exceed(s) the threshold",
+                    failed.join(", ")
+                );
+            }
         }
     }
     super::emit(&o);
