@@ -144,9 +144,10 @@ pub const CLIENT_MAX_ELEMENTS: usize = 1 << 26;
 /// Problem specs the way real clients draw them (issue 20): whole chunks at realistic sizes.
 ///
 /// - Q ∈ {64, 128, 256} and l = k·Q with 1024 ≤ l ≤ 4096 (no ragged last chunk);
-/// - b 1–2, p = 64, n ∈ {64, 128}, h 1–16 (lowered to what l = 1024 leaves of the budget
-///   `b·l·h·p·n ≤` [`CLIENT_MAX_ELEMENTS`]), then l up to 4096 or the budget; g ∈ {1, 2, 4}
-///   dividing h;
+/// - b 1–2, p = 64, n ∈ {64, 128}, h 1–16, g ∈ {1, 2, 4} dividing h, within the budget
+///   `b·l·h·p·n ≤` [`CLIENT_MAX_ELEMENTS`]: half the cases draw l first and lower h to fit
+///   (long sequences), half draw h first (lowered only where l = 1024 does not fit) and then l
+///   up to what fits (many heads);
 /// - seven cases in eight have every option on together: `D` (per head or per channel), `z`,
 ///   `dt_bias`, softplus, initial states; the eighth draws each on or off;
 /// - `dt_limit` off, (0.01, 0.1) or (0.002, 0.2), a third each;
@@ -160,7 +161,7 @@ pub fn client_spec() -> impl Strategy<Value = ProblemSpec> {
             1usize..=2,
             1usize..=16,
             any::<prop::sample::Index>(),
-            any::<bool>(),
+            (any::<bool>(), any::<bool>()),
         ),
         (
             prop::bool::weighted(0.875),
@@ -177,16 +178,26 @@ pub fn client_spec() -> impl Strategy<Value = ProblemSpec> {
         any::<u64>(),
     )
         .prop_map(
-            |((qi, k, nb, h, gsel, big_n), (all_on, (dk, z, bias, sp, init), lim, seq), seed)| {
+            |(
+                (qi, k, nb, h, gsel, (big_n, long)),
+                (all_on, (dk, z, bias, sp, init), lim, seq),
+                seed,
+            )| {
                 let q = [64, 128, 256][qi];
                 let (np, nn) = (64, if big_n { 128 } else { 64 });
-                // h as drawn where l = 1024 fits the budget with it (h ≥ 4 always does), then
-                // l = k·Q from 1024 up to 4096 or the budget
                 let per_token = nb * np * nn;
-                let nh = h.min(CLIENT_MAX_ELEMENTS / (per_token * 1024));
                 let kmin = 1024 / q;
-                let kmax = (4096 / q).min(CLIENT_MAX_ELEMENTS / (per_token * nh * q));
-                let l = q * (kmin + k.index(kmax - kmin + 1));
+                let (l, nh) = if long {
+                    // l = k·Q from 1024 to 4096, then h as drawn or what the budget leaves (≥ 1)
+                    let l = q * (kmin + k.index(4096 / q - kmin + 1));
+                    (l, h.min(CLIENT_MAX_ELEMENTS / (per_token * l)))
+                } else {
+                    // h as drawn or what l = 1024 leaves of the budget (≥ 4), then l = k·Q from
+                    // 1024 to 4096 or the budget
+                    let nh = h.min(CLIENT_MAX_ELEMENTS / (per_token * 1024));
+                    let kmax = (4096 / q).min(CLIENT_MAX_ELEMENTS / (per_token * nh * q));
+                    (q * (kmin + k.index(kmax - kmin + 1)), nh)
+                };
                 let groups: Vec<usize> = [1, 2, 4]
                     .into_iter()
                     .filter(|g| nh.is_multiple_of(*g))
