@@ -1,5 +1,7 @@
 //! Shared helpers of the cross-crate tests.
 
+pub mod grads;
+
 /// Path of a file under `tests/data/`: in the source tree the tests were built from, or, for
 /// test executables carried to another machine (`gpu-bundle`), relative to the repository root
 /// they run from.

@@ -137,6 +137,48 @@ impl ProblemSpec {
     }
 }
 
+/// The problems a real client ran when our CUDA backend returned NaN (issue 20), each under a
+/// short name, with fixed seeds (the client's own values are not known; ours are drawn from the
+/// same upstream ranges as every generated problem).
+///
+/// They exist because the property tests of DESIGN.md §4 draw small, ragged problems (l ≤ 300,
+/// p, n ≤ 32) and so never reached what mamba_ssm users run: whole chunks of Q = 64 or 256 over
+/// thousands of tokens, p = 64, n = 64 or 128, several groups, with `D` per head, `z`,
+/// `dt_bias`, softplus, `dt_limit` and initial states all on at once. Both are kept as
+/// regression cases on every backend; [`crate::strategies::client_spec`] draws more like them.
+///
+/// - `issue20-l2048-h16-g4-n128-q256`: b 1, l 2048, h 16, p 64, g 4, n 128, Q 256,
+///   `dt_limit = (0.01, 0.1)`;
+/// - `issue20-l16384-h4-g1-n64-q64`: b 1, l 16384, h 4, p 64, g 1, n 64, Q 64, no `dt_limit`
+///   (the default (0, ∞)).
+///
+/// Both: `D` (h), `z`, `dt_bias`, softplus, initial states; no `seq_idx`.
+pub fn client_regressions() -> Vec<(&'static str, ProblemSpec)> {
+    let client = |(b, l, h, p, g, n, q): (usize, usize, usize, usize, usize, usize, usize),
+                  dt_limit: (f64, f64),
+                  seed: u64| {
+        let mut s = ProblemSpec::plain(b, l, h, p, g, n, q).seed(seed);
+        s.d = DKind::PerHead;
+        s.z = true;
+        s.dt_bias = true;
+        s.initial_states = true;
+        s.seq_idx = false;
+        s.options.dt_softplus = true;
+        s.options.dt_limit = dt_limit;
+        s
+    };
+    vec![
+        (
+            "issue20-l2048-h16-g4-n128-q256",
+            client((1, 2048, 16, 64, 4, 128, 256), (0.01, 0.1), 2001),
+        ),
+        (
+            "issue20-l16384-h4-g1-n64-q64",
+            client((1, 16384, 4, 64, 1, 64, 64), (0.0, f64::INFINITY), 2002),
+        ),
+    ]
+}
+
 /// `seq_idx` (b, l) with 0–3 random cuts per row; one row in eight starts at a non-zero id (so
 /// the initial state does not apply to it) and ids may skip values.
 pub fn random_seq_idx(rng: &mut Rng, nb: usize, l: usize) -> Array2<i32> {

@@ -1,6 +1,15 @@
-//! proptest strategies of whole SSD problems (DESIGN.md §4): b 1–3, l 1–300, h 1–8 with g | h,
-//! p and n 1–32, Q 1–300 (Q > l and Q ∤ l included), every option on and off, `seq_idx` with
-//! random cuts; and strategies of broken problems with the error each must produce.
+//! proptest strategies of whole SSD problems, of three kinds:
+//!
+//! - [`problem`] / [`spec_within`] (DESIGN.md §4): small ragged problems, b 1–3, l 1–300, h 1–8
+//!   with g | h, p and n 1–32, Q 1–300 (Q > l and Q ∤ l included), every option on and off,
+//!   `seq_idx` with random cuts: every edge of the chunking;
+//! - [`client_problem`] / [`client_spec`]: problems the way real clients (mamba_ssm users) draw
+//!   them: whole chunks (Q ∈ {64, 128, 256}, l = k·Q from 1024 to 4096), p = 64, n ∈ {64, 128},
+//!   several groups, every option on together most of the time, `seq_idx` mostly off (issue 20:
+//!   the small ragged problems never reached the whole-chunk fast paths at realistic sizes);
+//! - [`broken_problem`]: broken problems with the error each must produce.
+//!
+//! Values are always upstream's ranges ([`crate::gen`]).
 
 use crate::gen::{DKind, ProblemSpec};
 use crate::rng::Rng;
@@ -122,6 +131,113 @@ pub fn spec() -> impl Strategy<Value = ProblemSpec> {
 /// Valid whole problems (float64) with the DESIGN.md ranges.
 pub fn problem() -> impl Strategy<Value = Problem<f64>> {
     spec().prop_map(|s| s.build())
+}
+
+/// Upper bound of `b·l·h·p·n` of a [`client_spec`] problem (2²⁶ ≈ 6.7e7). The float64
+/// reference runs on one core at ≈ 35 ns per element for its chunked forward, literal
+/// recurrence and backward together (measured at Q = 256, n = 128; less at smaller Q), so a
+/// case stays under ≈ 2.5 s however the sizes fall: many heads come with short sequences
+/// (h = 16 with b = 1, n = 64, l = 1024), long sequences with few heads (l = 4096 with
+/// b·h·n ≤ 256).
+pub const CLIENT_MAX_ELEMENTS: usize = 1 << 26;
+
+/// Problem specs the way real clients draw them (issue 20): whole chunks at realistic sizes.
+///
+/// - Q ∈ {64, 128, 256} and l = k·Q with 1024 ≤ l ≤ 4096 (no ragged last chunk);
+/// - b 1–2, p = 64, n ∈ {64, 128}, h 1–16, g ∈ {1, 2, 4} dividing h, within the budget
+///   `b·l·h·p·n ≤` [`CLIENT_MAX_ELEMENTS`]: half the cases draw l first and lower h to fit
+///   (long sequences), half draw h first (lowered only where l = 1024 does not fit) and then l
+///   up to what fits (many heads);
+/// - seven cases in eight have every option on together: `D` (per head or per channel), `z`,
+///   `dt_bias`, softplus, initial states; the eighth draws each on or off;
+/// - `dt_limit` off, (0.01, 0.1) or (0.002, 0.2), a third each;
+/// - `seq_idx` (random cuts) in one case in four: the whole-chunk fast paths need it off;
+/// - the seed of the values drawn.
+pub fn client_spec() -> impl Strategy<Value = ProblemSpec> {
+    (
+        (
+            0usize..3,
+            any::<prop::sample::Index>(),
+            1usize..=2,
+            1usize..=16,
+            any::<prop::sample::Index>(),
+            (any::<bool>(), any::<bool>()),
+        ),
+        (
+            prop::bool::weighted(0.875),
+            (
+                0u8..3,
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            0u8..3,
+            prop::bool::weighted(0.25),
+        ),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(
+                (qi, k, nb, h, gsel, (big_n, long)),
+                (all_on, (dk, z, bias, sp, init), lim, seq),
+                seed,
+            )| {
+                let q = [64, 128, 256][qi];
+                let (np, nn) = (64, if big_n { 128 } else { 64 });
+                let per_token = nb * np * nn;
+                let kmin = 1024 / q;
+                let (l, nh) = if long {
+                    // l = k·Q from 1024 to 4096, then h as drawn or what the budget leaves (≥ 1)
+                    let l = q * (kmin + k.index(4096 / q - kmin + 1));
+                    (l, h.min(CLIENT_MAX_ELEMENTS / (per_token * l)))
+                } else {
+                    // h as drawn or what l = 1024 leaves of the budget (≥ 4), then l = k·Q from
+                    // 1024 to 4096 or the budget
+                    let nh = h.min(CLIENT_MAX_ELEMENTS / (per_token * 1024));
+                    let kmax = (4096 / q).min(CLIENT_MAX_ELEMENTS / (per_token * nh * q));
+                    (q * (kmin + k.index(kmax - kmin + 1)), nh)
+                };
+                let groups: Vec<usize> = [1, 2, 4]
+                    .into_iter()
+                    .filter(|g| nh.is_multiple_of(*g))
+                    .collect();
+                let ng = groups[gsel.index(groups.len())];
+                let d = match (all_on, dk) {
+                    // per head (upstream's default) two times in three
+                    (true, 1) => DKind::PerChannel,
+                    (true, _) => DKind::PerHead,
+                    (false, _) => [DKind::None, DKind::PerHead, DKind::PerChannel][dk as usize],
+                };
+                ProblemSpec {
+                    dims: Dims {
+                        batch: nb,
+                        seqlen: l,
+                        nheads: nh,
+                        headdim: np,
+                        ngroups: ng,
+                        dstate: nn,
+                    },
+                    options: Options {
+                        chunk_size: q,
+                        dt_softplus: all_on || sp,
+                        dt_limit: [(0.0, f64::INFINITY), (0.01, 0.1), (0.002, 0.2)][lim as usize],
+                    },
+                    d,
+                    z: all_on || z,
+                    dt_bias: all_on || bias,
+                    initial_states: all_on || init,
+                    seq_idx: seq,
+                    seed,
+                }
+            },
+        )
+}
+
+/// Whole problems (float64) from [`client_spec`]. A failing case prints the problem's arrays,
+/// millions of values: tests that want a readable report draw [`client_spec`] and build it.
+pub fn client_problem() -> impl Strategy<Value = Problem<f64>> {
+    client_spec().prop_map(|s| s.build())
 }
 
 /// A way to break a valid problem, and so the error it must give.

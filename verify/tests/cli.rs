@@ -585,6 +585,80 @@ fn bench_cpu_runs_and_prints_json_rows() {
     );
 }
 
+/// `--dt-limit LO,HI`: a malformed or invalid value is a usage error naming the flag; a valid
+/// one is written as `dt_min`/`dt_max` (and the file checks); with the client's options it is
+/// the first problem of issue 20.
+#[test]
+fn export_dt_limit_flag() {
+    let dir = scratch("dt-limit");
+    let out = dir.join("bad.npz");
+    let out = out.to_str().unwrap();
+    for bad in [
+        "0.1,0.01",
+        "0.1,0.1",
+        "-0.01,0.1",
+        "nan,0.1",
+        "0.01,nan",
+        "inf,inf",
+        "0.1",
+        "0.01,0.1,0.2",
+        "a,b",
+        "",
+    ] {
+        let o = run(&["export", "--dt-limit", bad, out]);
+        assert_eq!(o.status.code(), Some(2), "`{bad}`: {}", stderr(&o));
+        assert!(stderr(&o).contains("--dt-limit"), "`{bad}`: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "`{bad}`: {}", stderr(&o));
+    }
+    let o = run(&["export", out, "--dt-limit"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--dt-limit needs a value"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new(out).exists());
+    for (value, want, options) in [
+        ("0.01,0.1", (0.01, 0.1), "D_head,z"),
+        ("0,inf", (0.0, f64::INFINITY), "none"),
+        ("0.005, 0.3", (0.005, 0.3), "all"), // overrides the option's default limits
+    ] {
+        let path = export(&dir, "ok.npz", &["--options", options, "--dt-limit", value]);
+        let m = arrays(&path);
+        let scalar = |k: &str| {
+            let a = float(&m, k);
+            assert_eq!(a.ndim(), 0, "{k}");
+            a[[]]
+        };
+        assert_eq!((scalar("dt_min"), scalar("dt_max")), want, "`{value}`");
+        let (code, out, err) = check(&path, &["--backend", "reference"]);
+        assert_eq!(code, Some(0), "`{value}`: {out}\n{err}");
+    }
+    // the client command line of the README gives the first issue-20 regression problem
+    let args: Vec<String> = [
+        "--shape",
+        "1,2048,16,64,4,128",
+        "--chunk",
+        "256",
+        "--options",
+        "D_head,z,dt_bias,softplus,initial_states",
+        "--dt-limit",
+        "0.01,0.1",
+        "--seed",
+        "2001",
+        "client.npz",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let parsed = ssd_verify::cli::export::parse(&mut args.iter()).unwrap();
+    let (spec, dfinal) = ssd_verify::cli::export::spec_of(&parsed);
+    let (name, want) = &ssd_verify::gen::client_regressions()[0];
+    assert_eq!(&spec, want, "{name}");
+    assert!(!dfinal);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn usage_errors_exit_2() {
     for args in [

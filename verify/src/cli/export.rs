@@ -24,6 +24,9 @@ pub struct ExportArgs {
     pub seed: u64,
     /// Options on (names as in the usage text).
     pub options: Vec<String>,
+    /// `--dt-limit LO,HI`: `dt_limit = (LO, HI)` (implies the `dt_limit` option, whose default
+    /// limits are (0.002, 0.2)).
+    pub dt_limit: Option<(f64, f64)>,
 }
 
 /// The option names `--options` accepts.
@@ -49,6 +52,7 @@ pub fn parse<'a>(it: &mut impl Iterator<Item = &'a String>) -> Result<ExportArgs
         chunk: 32,
         seed: 0,
         options: Vec::new(),
+        dt_limit: None,
     };
     let mut path = None;
     let usage = |m: String| CliError::Usage(format!("export: {m}"));
@@ -97,6 +101,15 @@ pub fn parse<'a>(it: &mut impl Iterator<Item = &'a String>) -> Result<ExportArgs
                     a.options.push(o.to_string());
                 }
             }
+            "--dt-limit" => {
+                let v = val("--dt-limit")?;
+                a.dt_limit = Some(parse_dt_limit(v).ok_or_else(|| {
+                    usage(format!(
+                        "--dt-limit `{v}`: expected LO,HI with 0 <= LO < HI, LO finite, HI finite \
+                         or inf"
+                    ))
+                })?);
+            }
             f if f.starts_with('-') => return Err(usage(format!("unknown flag `{f}`"))),
             f => {
                 if path.replace(PathBuf::from(f)).is_some() {
@@ -111,6 +124,14 @@ pub fn parse<'a>(it: &mut impl Iterator<Item = &'a String>) -> Result<ExportArgs
         return Err(usage(format!("g = {g} must divide h = {h}")));
     }
     Ok(a)
+}
+
+/// `LO,HI` with `0 ≤ LO < HI`, LO finite, HI finite or `inf`; `None` otherwise.
+fn parse_dt_limit(v: &str) -> Option<(f64, f64)> {
+    let (lo, hi) = v.split_once(',')?;
+    let lo: f64 = lo.trim().parse().ok()?;
+    let hi: f64 = hi.trim().parse().ok()?;
+    (lo.is_finite() && lo >= 0.0 && hi > lo).then_some((lo, hi))
 }
 
 /// The spec and whether a `dfinal_states` seed is wanted.
@@ -135,6 +156,9 @@ pub fn spec_of(a: &ExportArgs) -> (ProblemSpec, bool) {
             }
             _ => {}
         }
+    }
+    if let Some(limit) = a.dt_limit {
+        s.options.dt_limit = limit;
     }
     (s, dfinal)
 }

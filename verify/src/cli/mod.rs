@@ -3,7 +3,8 @@
 //! ```text
 //! ssd-verify [--json]                                   the verification matrix
 //! ssd-verify check FILE.npz [--backend reference|cpu|cuda] [--rtol X] [--json]
-//! ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST] [--json] FILE.npz
+//! ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST]
+//!                   [--dt-limit LO,HI] [--json] FILE.npz
 //! ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--reps N] [--json]
 //! ```
 //!
@@ -64,9 +65,12 @@ usage:
       errors of the results in FILE (DESIGN.md §4 keys) against the float64 truth, with our
       backend's errors beside them; file results are judged by --rtol (default: 1e-5 for
       out/final_states, 1e-4 for gradients)
-  ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST] [--json] FILE.npz
+  ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST]
+                    [--dt-limit LO,HI] [--json] FILE.npz
       writes a problem with inputs, seeds and float64 results; LIST is comma-separated from
-      D D_head z dt_bias softplus dt_limit initial_states seq_idx dfinal_states all none
+      D D_head z dt_bias softplus dt_limit initial_states seq_idx dfinal_states all none;
+      --dt-limit sets dt_limit = (LO, HI), 0 <= LO < HI, HI may be inf (default with the
+      dt_limit option: 0.002,0.2)
   ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--reps N] [--json]
       the benchmark protocol of DESIGN.md §6; NAME is S1 S2 S3 D1 (cpu), G1 G2 G3 (cuda) or
       decode; default: every standard shape of the backend and its decode step
