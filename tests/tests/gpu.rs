@@ -17,9 +17,9 @@ use ssd_reference::{
     ErrorKind, Gradients, Options, Problem, RmsNormOptions, SsdError,
 };
 use ssd_tests::cases;
-use ssd_verify::gen::random_array;
+use ssd_verify::gen::{client_regressions, random_array};
 use ssd_verify::rng::Rng;
-use ssd_verify::strategies::{broken_problem, problem, spec_within, Limits};
+use ssd_verify::strategies::{broken_problem, client_spec, problem, spec_within, Limits};
 use ssd_verify::tolerance::{max_abs, rel_l2, rel_to_magnitude, FORWARD_F32, GRADIENT_F32};
 use ssd_verify::{DKind, ProblemSpec};
 use std::sync::OnceLock;
@@ -103,6 +103,14 @@ fn down<D: Dimension>(g: &Gpu, a: &DeviceArray<f32, D>) -> Array<f32, D> {
     g.download(a).expect("download")
 }
 
+/// Fails naming the tensor, the count and the first index of its non-finite values, if any.
+fn finite<D: Dimension>(name: &str, got: &Array<f32, D>) -> Result<(), TestCaseError> {
+    match ssd_verify::finite::message("", name, name, got) {
+        Some(m) => Err(TestCaseError::fail(m)),
+        None => Ok(()),
+    }
+}
+
 fn close<D: Dimension>(
     name: &str,
     got: &Array<f32, D>,
@@ -110,6 +118,7 @@ fn close<D: Dimension>(
     tol: f64,
 ) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.shape(), want.shape(), "{}: shape", name);
+    finite(name, got)?;
     let e = rel_l2(got, want);
     prop_assert!(
         e <= tol,
@@ -254,6 +263,7 @@ fn close_mag<D: Dimension>(
     tol: f64,
 ) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.shape(), want.shape(), "{}: shape", name);
+    finite(name, got)?;
     let num = got
         .iter()
         .zip(want.iter())
@@ -1104,6 +1114,47 @@ fn combined_multi_tile_shapes() {
             panic!("{:?} Q={q}: {e}", prob.dims());
         }
     }
+}
+
+/// The two mamba_ssm-style problems on which the combined forward once returned non-finite `out`
+/// (and so `dz`) while every other output passed (issue 20): whole chunks of 256 and 64 tokens,
+/// p 64, n 128 / 64, D of shape (h), z, dt_bias, softplus, initial states, upstream's value
+/// ranges (`ssd_verify::gen::client_regressions`). The combined forward and backward against
+/// the reference, and each forward kernel on its own.
+#[test]
+fn client_regressions_match_reference() {
+    let Some(g) = gpu() else { return };
+    let mut failures = Vec::new();
+    for (name, spec) in client_regressions() {
+        let prob = spec.build();
+        if let Err(e) = check_combined(&g, &prob, spec.seed, true) {
+            failures.push(format!("{name}: combined: {e}"));
+        }
+        if let Err(e) = check_forward_kernels(&g, &prob) {
+            failures.push(format!("{name}: forward kernels: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Problems drawn the way real clients make them (`ssd_verify::strategies::client_problem`):
+/// whole-chunk shapes at realistic sizes (l in the thousands, p 64, n 64 / 128, several
+/// groups), every option on together, upstream's value ranges; the combined forward and
+/// backward and each forward kernel against the reference.
+#[test]
+fn client_problems_match_reference() {
+    let Some(g) = gpu() else { return };
+    run_prop(
+        "client problems",
+        config(6),
+        client_spec(),
+        |s| format!("{s:?}"),
+        |s| {
+            let p = s.build();
+            check_combined(&g, &p, s.seed, true)?;
+            check_forward_kernels(&g, &p)
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
