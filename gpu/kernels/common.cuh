@@ -495,6 +495,11 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 __device__ __forceinline__ void mbar_init(unsigned long long* b, unsigned count) {
     asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count) : "memory");
 }
+// Ends the mbarrier object at b: PTX allows its memory to serve any other purpose (data, or a
+// new mbarrier.init) only once it is invalidated.
+__device__ __forceinline__ void mbar_inval(unsigned long long* b) {
+    asm volatile("mbarrier.inval.shared.b64 [%0];" ::"r"(smem_u32(b)) : "memory");
+}
 __device__ __forceinline__ void mbar_arrive(unsigned long long* b) {
     asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.shared.b64 st, [%0];\n\t}" ::"r"(smem_u32(b))
                  : "memory");
@@ -741,7 +746,22 @@ struct MbarPipe {
             }
             st = st == NS - 1 ? 0 : st + 1;
         }
-        __syncthreads();  // every read done: the tiles and the barriers may be reused
+        // Every read and barrier operation done; then the barriers are invalidated before their
+        // memory is reused. Callers keep the shared memory of several pipelines (and of staged
+        // results) in one union, so another pipeline's tiles or a staged result lie where these
+        // barriers were: writing there while they are still valid mbarrier objects is undefined
+        // in PTX, and on an H100 it let the barriers' state overwrite chunk_scan's tile of the
+        // states (NaN in y's columns 38 and 39, whose rows of P lay on the previous pipeline's
+        // barriers in stage 3).
+        __syncthreads();
+        if (threadIdx.x == 0) {
+#pragma unroll
+            for (int s = 0; s < NS; ++s) {
+                mbar_inval(&sm.full[s]);
+                mbar_inval(&sm.empty[s]);
+            }
+        }
+        __syncthreads();  // the tiles and the barriers' memory may be reused
     }
 };
 
