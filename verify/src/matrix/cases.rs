@@ -83,8 +83,9 @@ impl CaseSpec {
     }
 }
 
-/// The default problem set: ragged and dividing chunks, Q = 1 and Q > l, g = 1 and g > 1, and
-/// every option on in at least one problem.
+/// The default problem set: ragged and dividing chunks, Q = 1 and Q > l, g = 1 and g > 1,
+/// every option on in at least one problem, and one problem of whole chunks shaped like a
+/// client's (p 64, n 64, every option but `seq_idx` on).
 pub fn default_specs() -> Vec<CaseSpec> {
     let mut p3 = ProblemSpec::plain(1, 50, 2, 8, 1, 8, 64).seed(3);
     p3.d = DKind::PerHead;
@@ -100,6 +101,19 @@ pub fn default_specs() -> Vec<CaseSpec> {
     p5.d = DKind::PerChannel;
     p5.initial_states = true;
     p5.z = true;
+    // A problem shaped the way clients draw them (whole chunks, p 64, n 64, several groups, every
+    // option but `seq_idx` on, upstream's value ranges): the whole-tile fast forms of the GPU
+    // kernels run only on such shapes (issue 20: the CUDA forward once returned NaN in `out` on
+    // them). Kept to l 512, h 4, since the matrix's float64 checks cost about 0.6 µs per element
+    // of b·l·h·p·n on one core; the client-sized problems themselves are in the tests
+    // (`gen::client_regressions`, `strategies::client_spec`).
+    let mut p6 = ProblemSpec::plain(1, 512, 4, 64, 2, 64, 128).seed(6);
+    p6.d = DKind::PerHead;
+    p6.z = true;
+    p6.dt_bias = true;
+    p6.initial_states = true;
+    p6.options.dt_softplus = true;
+    p6.options.dt_limit = (0.01, 0.1);
     vec![
         CaseSpec {
             label: "P1",
@@ -142,6 +156,14 @@ pub fn default_specs() -> Vec<CaseSpec> {
             state_pool: false,
             norm_before_gate: false,
             norm_groups: false,
+        },
+        CaseSpec {
+            label: "P6",
+            spec: p6,
+            dfinal: true,
+            state_pool: false,
+            norm_before_gate: false,
+            norm_groups: true,
         },
     ]
 }
