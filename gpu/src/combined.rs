@@ -50,7 +50,7 @@ pub struct DeviceInputs {
 }
 
 impl DeviceInputs {
-    /// Validates `inputs` with `options` ([`ssd_reference::validate`]) and uploads them.
+    /// Validates `inputs` with `options` ([`ssd_reference::validate()`]) and uploads them.
     pub fn upload(
         gpu: &Gpu,
         inputs: &Inputs<'_, f32>,

@@ -64,7 +64,7 @@ pub(crate) fn check_seq(
 }
 
 impl Gpu {
-    /// `chunk_cumsum` [_chunk_cumsum_fwd]: `(dt_bhcq, dacs_bhcq)`, Δ and its within-chunk cumsum
+    /// `chunk_cumsum` (upstream `_chunk_cumsum_fwd`): `(dt_bhcq, dacs_bhcq)`, Δ and its within-chunk cumsum
     /// of `Δ A`, zero-padded past l.
     pub fn chunk_cumsum(
         &self,
@@ -125,7 +125,7 @@ impl Gpu {
         Ok((dt_bhcq, dacs_bhcq, lo))
     }
 
-    /// `chunk_state` [_chunk_state_fwd]: `S_c = Σ_s exp(a_last − a_s) Δ_s x_s ⊗ B_s` over the
+    /// `chunk_state` (upstream `_chunk_state_fwd`): `S_c = Σ_s exp(a_last − a_s) Δ_s x_s ⊗ B_s` over the
     /// tokens of chunk c with the id of its last token; (b, c, h, p, n).
     pub fn chunk_state(
         &self,
@@ -191,7 +191,7 @@ impl Gpu {
         )
     }
 
-    /// `state_passing` [_state_passing_fwd]: `(prev_states_bchpn, final_states_bhpn)`.
+    /// `state_passing` (upstream `_state_passing_fwd`): `(prev_states_bchpn, final_states_bhpn)`.
     pub fn state_passing(
         &self,
         states_bchpn: &DeviceArray5,
@@ -306,7 +306,7 @@ impl Gpu {
         Ok((prev, fin))
     }
 
-    /// `bmm_chunk` [_bmm_chunk_fwd]: `CB[l, s] = C_l · B_s` per chunk and group, the full Q × Q
+    /// `bmm_chunk` (upstream `_bmm_chunk_fwd`): `CB[l, s] = C_l · B_s` per chunk and group, the full Q × Q
     /// block, 0 across ids and at padding; (b, c, g, Q, Q).
     pub fn bmm_chunk(
         &self,
@@ -357,7 +357,7 @@ impl Gpu {
         Ok(cb)
     }
 
-    /// `chunk_scan` [_chunk_scan_fwd]: `(out_blhp, y_blhp?)`, `y` (before the `z` gate) only
+    /// `chunk_scan` (upstream `_chunk_scan_fwd`): `(out_blhp, y_blhp?)`, `y` (before the `z` gate) only
     /// when `z` is given.
     pub fn chunk_scan(
         &self,

@@ -169,7 +169,7 @@ impl<T: Clone> Problem<T> {
         }
     }
 
-    /// Dimensions read off the arrays (not validated; see [`crate::validate`]).
+    /// Dimensions read off the arrays (not validated; see [`crate::validate()`]).
     pub fn dims(&self) -> Dims {
         let (batch, seqlen, nheads, headdim) = self.x.dim();
         let (_, _, ngroups, dstate) = self.b.dim();
