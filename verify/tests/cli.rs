@@ -651,7 +651,11 @@ fn export_dt_limit_flag() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let parsed = ssd_verify::cli::export::parse(&mut args.iter()).unwrap();
+    let args: Vec<String> = std::iter::once("export".to_string()).chain(args).collect();
+    let parsed = match ssd_verify::cli::parse_args(&args).unwrap().command {
+        ssd_verify::cli::Command::Export(a) => a,
+        other => panic!("{other:?}"),
+    };
     let (spec, dfinal) = ssd_verify::cli::export::spec_of(&parsed);
     let (name, want) = &ssd_verify::gen::client_regressions()[0];
     assert_eq!(&spec, want, "{name}");

@@ -4,6 +4,7 @@
 //! Benchmarks are programs, never timed tests: medians of repeated runs after warm-up, every
 //! CPU figure as a ratio to a ceiling measured in the same run.
 
+pub mod alloc;
 pub mod cpu;
 pub mod cpu_train;
 pub mod cuda;

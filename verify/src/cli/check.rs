@@ -14,6 +14,7 @@
 //! result of the file or of our backend (or in the truth) the row fails with a note naming the
 //! tensor, the count and the first one's index ([`crate::finite`]).
 
+use super::args::{Flag, Matches, Spec};
 use super::CliError;
 use crate::backends::{backend, reference_backward_inputs, BackendKind, Precision};
 use crate::matrix::{
@@ -26,6 +27,36 @@ use ndarray::ArrayD;
 use ssd_reference::validate::check_finite;
 use ssd_reference::{validate, ChunkedForward, Problem, SsdError};
 use std::path::Path;
+
+/// `check`'s flags and usage.
+pub static SPEC: Spec = Spec {
+    name: "check",
+    usage: concat!("usage:\n", check_usage!(), usage_footer!()),
+    flags: &[Flag::value("--backend"), Flag::value("--rtol")],
+};
+
+/// Arguments of `check`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckArgs {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The backend whose errors are printed beside the file's (default: cpu when built in,
+    /// else reference).
+    pub backend: Option<BackendKind>,
+    /// Threshold of the file's results (default: the f32 thresholds).
+    pub rtol: Option<f64>,
+}
+
+/// Converts the parsed arguments of `check` ([`SPEC`]).
+pub fn parse(m: &Matches) -> Result<CheckArgs, CliError> {
+    Ok(CheckArgs {
+        backend: m.get("--backend", "reference, cpu or cuda", BackendKind::parse)?,
+        rtol: m.get("--rtol", "a number >= 0", |v| {
+            v.trim().parse::<f64>().ok().filter(|x| *x >= 0.0)
+        })?,
+        path: m.one_positional("a FILE.npz")?.into(),
+    })
+}
 
 /// The rows of one check.
 #[derive(Debug, Clone)]

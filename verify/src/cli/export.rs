@@ -2,6 +2,7 @@
 //! and the float64 results: `out`, `final_states` from the literal recurrence, and every
 //! gradient from `ssd_recurrent_bwd` when `ssd-reference` has it.
 
+use super::args::{positive, Flag, Matches, Spec};
 use super::CliError;
 use crate::gen::{random_array, DKind, ProblemSpec};
 use crate::matrix::report::{json_str, rows_json};
@@ -44,8 +45,21 @@ pub const OPTION_NAMES: [&str; 11] = [
     "none",
 ];
 
-/// Parses the arguments after `export`.
-pub fn parse<'a>(it: &mut impl Iterator<Item = &'a String>) -> Result<ExportArgs, CliError> {
+/// `export`'s flags and usage.
+pub static SPEC: Spec = Spec {
+    name: "export",
+    usage: concat!("usage:\n", export_usage!(), usage_footer!()),
+    flags: &[
+        Flag::value("--shape"),
+        Flag::value("--chunk"),
+        Flag::value("--seed"),
+        Flag::repeated("--options"),
+        Flag::value("--dt-limit"),
+    ],
+};
+
+/// Converts the parsed arguments of `export` ([`SPEC`]).
+pub fn parse(m: &Matches) -> Result<ExportArgs, CliError> {
     let mut a = ExportArgs {
         path: PathBuf::new(),
         shape: [2, 128, 4, 16, 2, 16],
@@ -54,74 +68,42 @@ pub fn parse<'a>(it: &mut impl Iterator<Item = &'a String>) -> Result<ExportArgs
         options: Vec::new(),
         dt_limit: None,
     };
-    let mut path = None;
-    let usage = |m: String| CliError::Usage(format!("export: {m}"));
-    while let Some(arg) = it.next() {
-        let mut val = |flag: &str| {
-            it.next()
-                .ok_or_else(|| usage(format!("{flag} needs a value")))
-        };
-        match arg.as_str() {
-            "--shape" => {
-                let v = val("--shape")?;
-                let s: Vec<usize> = v
-                    .split(',')
-                    .map(|x| x.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| usage(format!("--shape `{v}`: expected b,l,h,p,g,n")))?;
-                if s.len() != 6 || s.contains(&0) {
-                    return Err(usage(format!(
-                        "--shape `{v}`: expected six positive sizes b,l,h,p,g,n"
-                    )));
-                }
-                a.shape.copy_from_slice(&s);
+    if let Some(s) = m.get("--shape", "six positive sizes b,l,h,p,g,n", |v| {
+        let s: Vec<usize> = v
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .ok()?;
+        <[usize; 6]>::try_from(s).ok().filter(|s| !s.contains(&0))
+    })? {
+        a.shape = s;
+    }
+    if let Some(q) = m.get("--chunk", "a positive integer", positive)? {
+        a.chunk = q;
+    }
+    if let Some(seed) = m.get("--seed", "an integer", |v| v.parse().ok())? {
+        a.seed = seed;
+    }
+    for v in m.all("--options") {
+        for o in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            if !OPTION_NAMES.contains(&o) {
+                return Err(m.error(format!(
+                    "--options: unknown option `{o}` (one of: {})",
+                    OPTION_NAMES.join(" ")
+                )));
             }
-            "--chunk" => {
-                let v = val("--chunk")?;
-                a.chunk =
-                    v.parse().ok().filter(|q| *q > 0).ok_or_else(|| {
-                        usage(format!("--chunk `{v}`: expected a positive integer"))
-                    })?;
-            }
-            "--seed" => {
-                let v = val("--seed")?;
-                a.seed = v
-                    .parse()
-                    .map_err(|_| usage(format!("--seed `{v}`: expected an integer")))?;
-            }
-            "--options" => {
-                let v = val("--options")?;
-                for o in v.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-                    if !OPTION_NAMES.contains(&o) {
-                        return Err(usage(format!(
-                            "unknown option `{o}` (one of: {})",
-                            OPTION_NAMES.join(" ")
-                        )));
-                    }
-                    a.options.push(o.to_string());
-                }
-            }
-            "--dt-limit" => {
-                let v = val("--dt-limit")?;
-                a.dt_limit = Some(parse_dt_limit(v).ok_or_else(|| {
-                    usage(format!(
-                        "--dt-limit `{v}`: expected LO,HI with 0 <= LO < HI, LO finite, HI finite \
-                         or inf"
-                    ))
-                })?);
-            }
-            f if f.starts_with('-') => return Err(usage(format!("unknown flag `{f}`"))),
-            f => {
-                if path.replace(PathBuf::from(f)).is_some() {
-                    return Err(usage("takes one FILE".into()));
-                }
-            }
+            a.options.push(o.to_string());
         }
     }
-    a.path = path.ok_or_else(|| usage("needs a FILE.npz to write".into()))?;
+    a.dt_limit = m.get(
+        "--dt-limit",
+        "LO,HI with 0 <= LO < HI, LO finite, HI finite or inf",
+        parse_dt_limit,
+    )?;
+    a.path = m.one_positional("a FILE.npz to write")?.into();
     let [_, _, h, _, g, _] = a.shape;
     if h % g != 0 {
-        return Err(usage(format!("g = {g} must divide h = {h}")));
+        return Err(m.error(format!("--shape: g = {g} must divide h = {h}")));
     }
     Ok(a)
 }

@@ -5,12 +5,16 @@
 //! ssd-verify check FILE.npz [--backend reference|cpu|cuda] [--rtol X] [--json]
 //! ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST]
 //!                   [--dt-limit LO,HI] [--json] FILE.npz
-//! ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--reps N] [--json]
+//! ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--op LIST] [--reps N]
+//!                   [--breakdown] [--resources] [--json]
+//! ssd-verify [SUBCOMMAND] --help | --version
 //! ```
 //!
-//! Exit status: 0 when every row passes, 1 when a row fails, 2 on a usage error or a file that
-//! cannot be read (missing or misnamed key, wrong shape or dtype, corrupt or truncated file).
-//! Arguments are parsed by hand: four subcommands with a few flags each need no parser crate.
+//! Exit status: 0 when every row passes (and for `--help`, `--version`), 1 when a row fails, 2
+//! on a usage error or a file that cannot be read (missing or misnamed key, wrong shape or
+//! dtype, corrupt or truncated file). Every subcommand's arguments go through the one parser of
+//! [`args`] (`--flag=value` or `--flag value`; an unknown flag or a bad value is a usage error
+//! naming the flag).
 
 /// `writeln!` into a `String` (infallible), for output that is written at once by [`emit`].
 macro_rules! w {
@@ -20,13 +24,75 @@ macro_rules! w {
     }};
 }
 
+/// The matrix's usage lines.
+macro_rules! matrix_usage {
+    () => {
+        "  ssd-verify [--json]
+      the verification matrix: every kernel on every backend here, the combined op and
+      every gradient, against the float64 truth (exit status 1 on any failure)
+"
+    };
+}
+
+/// `check`'s usage lines.
+macro_rules! check_usage {
+    () => {
+        "  ssd-verify check FILE.npz [--backend reference|cpu|cuda] [--rtol X] [--json]
+      errors of the results in FILE (DESIGN.md §4 keys) against the float64 truth, with our
+      backend's errors beside them (--backend, default: cpu); file results are judged by
+      --rtol (default: 1e-5 for out/final_states, 1e-4 for gradients)
+"
+    };
+}
+
+/// `export`'s usage lines.
+macro_rules! export_usage {
+    () => {
+        "  ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST]
+                    [--dt-limit LO,HI] [--json] FILE.npz
+      writes a problem with inputs, seeds and float64 results (default: --shape 2,128,4,16,2,16
+      --chunk 32 --seed 0); LIST is comma-separated from D D_head z dt_bias softplus dt_limit
+      initial_states seq_idx dfinal_states all none; --dt-limit sets dt_limit = (LO, HI),
+      0 <= LO < HI, HI may be inf (default with the dt_limit option: 0.002,0.2)
+"
+    };
+}
+
+/// `bench`'s usage lines.
+macro_rules! bench_usage {
+    () => {
+        "  ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--op LIST] [--reps N]
+                    [--breakdown] [--resources] [--json]
+      the benchmark protocol of DESIGN.md §6: forward and forward_backward rows per shape,
+      a decode row; NAME is S1 S2 S3 D1 (cpu), G1 G2 G3 (cuda) or decode (Q defaults to 256);
+      default: every standard shape of the backend and its decode step; --op picks rows
+      (comma-separated from forward forward_backward decode; default all); --reps N timed
+      runs (default 20). cpu forward_backward rows carry the backward's peak extra memory
+      (extra_bytes, adjoint_bytes). cuda only, printed to stderr before the rows:
+      --resources (registers, local and shared memory of every kernel), --breakdown (the
+      time of every kernel of the forward and backward per shape)
+"
+    };
+}
+
+/// The lines every usage text ends with.
+macro_rules! usage_footer {
+    () => {
+        "every subcommand takes --json (one JSON array of row objects instead of a table),
+--help (its usage) and --version; values as --flag=value or --flag value
+exit status: 0 pass, 1 a check failed, 2 usage error or unreadable input"
+    };
+}
+
+pub mod args;
 pub mod bench;
 pub mod check;
 pub mod export;
 pub mod progress;
 
-use crate::backends::{backend_status, BackendKind};
+use crate::backends::backend_status;
 use crate::matrix::{default_specs, report, run_matrix};
+use args::{Parsed, Spec};
 use progress::Progress;
 use ssd_reference::SsdError;
 use std::fmt;
@@ -34,8 +100,14 @@ use std::fmt;
 /// What a command's failure is: a usage mistake or unreadable input (exit status 2).
 #[derive(Debug)]
 pub enum CliError {
-    /// Wrong arguments; the message says what and shows the usage line.
-    Usage(String),
+    /// Wrong arguments: what is wrong (naming the flag or argument), and the usage text of the
+    /// subcommand to show after it.
+    Usage {
+        /// What is wrong.
+        message: String,
+        /// The subcommand's usage text.
+        usage: &'static str,
+    },
     /// The input could not be read or is malformed, or a backend could not run.
     Ssd(SsdError),
 }
@@ -43,7 +115,7 @@ pub enum CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Usage(m) => write!(f, "{m}\n\n{USAGE}"),
+            CliError::Usage { message, usage } => write!(f, "{message}\n\n{usage}"),
             CliError::Ssd(e) => write!(f, "{e}"),
         }
     }
@@ -55,26 +127,29 @@ impl From<SsdError> for CliError {
     }
 }
 
-/// The usage text.
-pub const USAGE: &str = "\
-usage:
-  ssd-verify [--json]
-      the verification matrix: every kernel on every backend here, the combined op and
-      every gradient, against the float64 truth (exit status 1 on any failure)
-  ssd-verify check FILE.npz [--backend reference|cpu|cuda] [--rtol X] [--json]
-      errors of the results in FILE (DESIGN.md §4 keys) against the float64 truth, with our
-      backend's errors beside them; file results are judged by --rtol (default: 1e-5 for
-      out/final_states, 1e-4 for gradients)
-  ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST]
-                    [--dt-limit LO,HI] [--json] FILE.npz
-      writes a problem with inputs, seeds and float64 results; LIST is comma-separated from
-      D D_head z dt_bias softplus dt_limit initial_states seq_idx dfinal_states all none;
-      --dt-limit sets dt_limit = (LO, HI), 0 <= LO < HI, HI may be inf (default with the
-      dt_limit option: 0.002,0.2)
-  ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--reps N] [--json]
-      the benchmark protocol of DESIGN.md §6; NAME is S1 S2 S3 D1 (cpu), G1 G2 G3 (cuda) or
-      decode; default: every standard shape of the backend and its decode step
-exit status: 0 pass, 1 a check failed, 2 usage error or unreadable input";
+/// The usage text of the whole command (`ssd-verify --help`).
+pub const USAGE: &str = concat!(
+    "usage:\n",
+    matrix_usage!(),
+    check_usage!(),
+    export_usage!(),
+    bench_usage!(),
+    "  ssd-verify help [SUBCOMMAND], ssd-verify SUBCOMMAND --help, ssd-verify --version\n",
+    usage_footer!()
+);
+
+/// The matrix (no subcommand): `--json` only.
+pub static MATRIX: Spec = Spec {
+    name: "",
+    usage: USAGE,
+    flags: &[],
+};
+
+/// The subcommands.
+pub static SUBCOMMANDS: [&Spec; 3] = [&check::SPEC, &export::SPEC, &bench::SPEC];
+
+/// The version line (`--version`).
+pub const VERSION: &str = concat!("ssd-verify ", env!("CARGO_PKG_VERSION"));
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,28 +157,15 @@ pub enum Command {
     /// The verification matrix.
     Matrix,
     /// `check FILE`.
-    Check {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The backend whose errors are printed beside the file's (default: cpu when built in,
-        /// else reference).
-        backend: Option<BackendKind>,
-        /// Threshold of the file's results (default: the f32 thresholds).
-        rtol: Option<f64>,
-    },
+    Check(check::CheckArgs),
     /// `export FILE`.
     Export(export::ExportArgs),
     /// `bench cpu|cuda`.
-    Bench {
-        /// Which backend.
-        backend: BackendKind,
-        /// Shapes (default: the standard ones of DESIGN.md §6).
-        shapes: Vec<String>,
-        /// Timed repetitions (default [`bench::DEFAULT_REPS`]).
-        reps: Option<usize>,
-    },
-    /// `help`.
-    Help,
+    Bench(bench::BenchArgs),
+    /// `help`, `--help`, `-h`: print this usage text.
+    Help(&'static str),
+    /// `--version`, `-V`.
+    Version,
 }
 
 /// A parsed command line plus `--json`.
@@ -115,110 +177,80 @@ pub struct Args {
     pub json: bool,
 }
 
-fn value<'a>(
-    it: &mut impl Iterator<Item = &'a String>,
-    flag: &str,
-) -> Result<&'a String, CliError> {
-    it.next()
-        .ok_or_else(|| CliError::Usage(format!("{flag} needs a value")))
+/// Whether `a` is a flag that every subcommand takes and that may come before the subcommand's
+/// name (`ssd-verify --json check FILE`).
+fn global_flag(a: &str) -> bool {
+    matches!(a, "--json" | "--help" | "-h" | "--version" | "-V")
 }
 
 /// Parses the arguments after the program name.
 pub fn parse_args(args: &[String]) -> Result<Args, CliError> {
-    let json = args.iter().any(|a| a == "--json");
-    let rest: Vec<&String> = args.iter().filter(|a| *a != "--json").collect();
-    if rest
-        .iter()
-        .any(|a| *a == "-h" || *a == "--help" || *a == "help")
-    {
-        return Ok(Args {
-            command: Command::Help,
-            json,
-        });
-    }
-    let mut it = rest.into_iter();
-    let command = match it.next().map(String::as_str) {
-        None => Command::Matrix,
-        Some("check") => {
-            let mut path = None;
-            let mut backend = None;
-            let mut rtol = None;
-            while let Some(a) = it.next() {
-                match a.as_str() {
-                    "--backend" => {
-                        let v = value(&mut it, "--backend")?;
-                        backend = Some(BackendKind::parse(v).ok_or_else(|| {
-                            CliError::Usage(format!(
-                                "unknown backend `{v}` (reference, cpu or cuda)"
-                            ))
-                        })?);
-                    }
-                    "--rtol" => {
-                        let v = value(&mut it, "--rtol")?;
-                        let x: f64 =
-                            v.parse().ok().filter(|x: &f64| *x >= 0.0).ok_or_else(|| {
-                                CliError::Usage(format!("--rtol `{v}` is not a number >= 0"))
-                            })?;
-                        rtol = Some(x);
-                    }
-                    f if f.starts_with('-') => {
-                        return Err(CliError::Usage(format!("check: unknown flag `{f}`")))
-                    }
-                    f => {
-                        if path.replace(std::path::PathBuf::from(f)).is_some() {
-                            return Err(CliError::Usage("check takes one FILE".into()));
-                        }
-                    }
-                }
-            }
-            Command::Check {
-                path: path.ok_or_else(|| CliError::Usage("check needs a FILE.npz".into()))?,
-                backend,
-                rtol,
-            }
-        }
-        Some("export") => Command::Export(export::parse(&mut it)?),
-        Some("bench") => {
-            let backend = match it.next().map(String::as_str) {
-                Some("cpu") => BackendKind::Cpu,
-                Some("cuda") | Some("gpu") => BackendKind::Cuda,
-                Some(o) => {
-                    return Err(CliError::Usage(format!(
-                        "bench: unknown backend `{o}` (cpu or cuda)"
-                    )))
-                }
-                None => return Err(CliError::Usage("bench needs cpu or cuda".into())),
-            };
-            let mut shapes = Vec::new();
-            let mut reps = None;
-            while let Some(a) = it.next() {
-                match a.as_str() {
-                    "--shape" => shapes.push(value(&mut it, "--shape")?.clone()),
-                    "--reps" => {
-                        let v = value(&mut it, "--reps")?;
-                        reps =
-                            Some(v.parse::<usize>().ok().filter(|r| *r > 0).ok_or_else(|| {
-                                CliError::Usage(format!(
-                                    "--reps `{v}`: expected a positive integer"
+    let first = args.iter().position(|a| !global_flag(a));
+    let (spec, rest): (&'static Spec, Vec<String>) = match first {
+        Some(i) if !args[i].starts_with('-') => {
+            let name = args[i].as_str();
+            let rest: Vec<String> = args[..i].iter().chain(&args[i + 1..]).cloned().collect();
+            if name == "help" {
+                let usage = match rest.iter().find(|a| !global_flag(a)) {
+                    None => USAGE,
+                    Some(sub) => {
+                        SUBCOMMANDS
+                            .iter()
+                            .find(|s| s.name == sub)
+                            .ok_or_else(|| {
+                                MATRIX.error(format!(
+                                    "help: unknown subcommand `{sub}` (check, export, bench)"
                                 ))
-                            })?);
+                            })?
+                            .usage
                     }
-                    o => return Err(CliError::Usage(format!("bench: unexpected `{o}`"))),
-                }
+                };
+                return Ok(Args {
+                    command: Command::Help(usage),
+                    json: false,
+                });
             }
-            Command::Bench {
-                backend,
-                shapes,
-                reps,
-            }
+            let spec = SUBCOMMANDS.iter().find(|s| s.name == name).ok_or_else(|| {
+                MATRIX.error(format!(
+                    "unknown subcommand `{name}` (check, export, bench, help)"
+                ))
+            })?;
+            (spec, rest)
         }
-        Some(o) => {
-            return Err(CliError::Usage(format!(
-                "unknown command or flag `{o}` (check, export, bench, help)"
-            )))
+        _ => (&MATRIX, args.to_vec()),
+    };
+    let m = match args::parse(spec, &rest)? {
+        Parsed::Help => {
+            return Ok(Args {
+                command: Command::Help(spec.usage),
+                json: false,
+            })
+        }
+        Parsed::Version => {
+            return Ok(Args {
+                command: Command::Version,
+                json: false,
+            })
+        }
+        Parsed::Matches(m) => m,
+    };
+    let command = match spec.name {
+        "check" => Command::Check(check::parse(&m)?),
+        "export" => Command::Export(export::parse(&m)?),
+        "bench" => Command::Bench(bench::parse(&m)?),
+        _ => {
+            if let Some(p) = m.positionals.first() {
+                return Err(m.error(format!(
+                    "unknown subcommand `{p}` (check, export, bench, help)"
+                )));
+            }
+            Command::Matrix
         }
     };
-    Ok(Args { command, json })
+    Ok(Args {
+        command,
+        json: m.json(),
+    })
 }
 
 /// Runs the command line; returns the process exit status (0, 1 or 2).
@@ -231,22 +263,18 @@ pub fn main_with(args: &[String]) -> u8 {
         }
     };
     let result = match &parsed.command {
-        Command::Help => {
-            emit(&format!("{USAGE}\n"));
+        Command::Help(usage) => {
+            emit(&format!("{usage}\n"));
+            Ok(true)
+        }
+        Command::Version => {
+            emit(&format!("{VERSION}\n"));
             Ok(true)
         }
         Command::Matrix => matrix(parsed.json),
-        Command::Check {
-            path,
-            backend,
-            rtol,
-        } => check::run(path, *backend, *rtol, parsed.json),
+        Command::Check(a) => check::run(&a.path, a.backend, a.rtol, parsed.json),
         Command::Export(a) => export::run(a, parsed.json),
-        Command::Bench {
-            backend,
-            shapes,
-            reps,
-        } => bench::run(*backend, shapes, *reps, parsed.json),
+        Command::Bench(a) => bench::run(a, parsed.json),
     };
     match result {
         Ok(true) => 0,
