@@ -563,26 +563,94 @@ fn truncated_or_corrupt_file_is_a_clear_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn bench_cpu_runs_and_prints_json_rows() {
-    // the plumbing only (a tiny shape, one rep): benchmarks are programs, not timed tests
-    let o = run(&[
-        "bench",
-        "cpu",
-        "--shape",
-        "1,64,2,8,1,8,16",
-        "--reps",
-        "1",
-        "--json",
-    ]);
+/// The JSON rows of `bench cpu` with `args` after it (a tiny shape, one rep): exactly one
+/// array, one row object per line, parsed by a small JSON reader into (op, keys).
+fn bench_cpu_json(args: &[&str]) -> Vec<(String, Vec<String>)> {
+    let mut all = vec!["bench", "cpu", "--reps", "1", "--json"];
+    all.extend_from_slice(args);
+    let o = run(&all);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
-    let text = out.trim();
-    assert!(text.starts_with('[') && text.ends_with(']'), "{text}");
+    json_rows(&out)
+}
+
+/// The rows of one JSON array of flat objects as printed by `ssd-verify --json` (one object per
+/// line): (`op` or `kernel`, every key); panics unless the text is one array of such objects.
+fn json_rows(text: &str) -> Vec<(String, Vec<String>)> {
+    let text = text.trim();
     assert!(
-        text.contains("\"shape\":\"custom\",\"backend\":\"cpu\",\"op\":\"forward\""),
-        "{text}"
+        text.starts_with('[') && text.ends_with(']'),
+        "not one array: {text}"
     );
+    assert_eq!(text.matches('[').count(), 1, "more than one array: {text}");
+    let body = text[1..text.len() - 1].trim();
+    if body.is_empty() {
+        return Vec::new();
+    }
+    body.split("},\n{")
+        .map(|obj| {
+            let obj = obj.trim().trim_start_matches('{').trim_end_matches('}');
+            let mut keys = Vec::new();
+            let mut op = String::new();
+            for field in obj.split(',') {
+                let (k, v) = field
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("{field}: {text}"));
+                assert!(k.starts_with('"') && k.ends_with('"'), "key {k}: {text}");
+                let k = k.trim_matches('"').to_string();
+                let v = v.trim();
+                assert!(
+                    v == "null"
+                        || v == "true"
+                        || v == "false"
+                        || (v.starts_with('"') && v.ends_with('"'))
+                        || v.parse::<f64>().is_ok(),
+                    "value {v}: {text}"
+                );
+                if k == "op" {
+                    op = v.trim_matches('"').to_string();
+                }
+                keys.push(k);
+            }
+            (op, keys)
+        })
+        .collect()
+}
+
+#[test]
+fn bench_cpu_prints_one_json_array_of_every_row() {
+    // the plumbing only (a tiny shape, one rep): benchmarks are programs, not timed tests
+    let rows = bench_cpu_json(&["--shape", "1,64,2,8,1,8,16"]);
+    let ops: Vec<&str> = rows.iter().map(|(op, _)| op.as_str()).collect();
+    assert_eq!(ops, ["forward", "forward_backward"]);
+    for (op, keys) in &rows {
+        for k in [
+            "shape",
+            "backend",
+            "op",
+            "median_ms",
+            "gflops",
+            "ceiling_ratio",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{op}: no {k}: {keys:?}");
+        }
+    }
+    // the training step carries the backward's peak extra memory (the ssd-verify binary counts
+    // allocations), and what bench-cpu printed beyond the table's fixed fields is there
+    let train = &rows[1].1;
+    for k in ["forward_ms", "backward_ms", "extra_bytes", "adjoint_bytes"] {
+        assert!(train.iter().any(|x| x == k), "no {k}: {train:?}");
+    }
+    for k in ["recurrent_ms", "chunked_ms", "avx512"] {
+        assert!(rows[0].1.iter().any(|x| x == k), "no {k}: {:?}", rows[0].1);
+    }
+    // --op picks rows; the forms --flag=value and --flag value agree
+    let rows = bench_cpu_json(&["--shape=1,64,2,8,1,8,16", "--op=forward_backward"]);
+    let ops: Vec<&str> = rows.iter().map(|(op, _)| op.as_str()).collect();
+    assert_eq!(ops, ["forward_backward"]);
+    let rows = bench_cpu_json(&["--op", "decode,forward", "--shape", "1,64,2,8,1,8,16"]);
+    let ops: Vec<&str> = rows.iter().map(|(op, _)| op.as_str()).collect();
+    assert_eq!(ops, ["forward"]);
 }
 
 /// `--dt-limit LO,HI`: a malformed or invalid value is a usage error naming the flag; a valid
@@ -670,18 +738,216 @@ fn usage_errors_exit_2() {
         &["check"][..],
         &["check", "a.npz", "--backend", "tpu"][..],
         &["check", "a.npz", "--rtol", "x"][..],
+        &["check", "a.npz", "b.npz"][..],
         &["export"][..],
         &["export", "--shape", "1,2,3", "a.npz"][..],
         &["export", "--options", "bogus", "a.npz"][..],
         &["export", "--shape", "1,8,3,4,2,4", "a.npz"][..],
         &["bench"][..],
         &["bench", "tpu"][..],
+        &["bench", "cpu", "S1"][..],
+        &["--json=yes"][..],
     ] {
         let o = run(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("usage"), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
     }
     let o = run(&["--help"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("ssd-verify check FILE.npz"));
+}
+
+/// Every subcommand (and the matrix): an unknown flag, with or without `=value`, is a usage
+/// error (exit status 2) naming it, before anything runs.
+#[test]
+fn unknown_flags_exit_2_naming_the_flag() {
+    for (prefix, flag) in [
+        (&[][..], "--bogus"),
+        (&[][..], "--bogus=1"),
+        (&["check", "a.npz"][..], "--bogus"),
+        (&["check", "a.npz"][..], "--rtol-x=1"),
+        (&["export", "a.npz"][..], "--bogus"),
+        (&["export", "a.npz"][..], "--seeds=3"),
+        (&["bench", "cpu"][..], "--bogus"),
+        (&["bench", "cuda"][..], "--repetitions=3"),
+        (&["bench", "cpu"][..], "-x"),
+    ] {
+        let mut args = prefix.to_vec();
+        args.push(flag);
+        let o = run(&args);
+        let err = stderr(&o);
+        let name = flag.split('=').next().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("unknown flag `{name}`")),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("usage"), "{args:?}: {err}");
+        assert!(stdout(&o).is_empty(), "{args:?}");
+    }
+}
+
+/// A bad or missing value is a usage error naming the flag, in both forms.
+#[test]
+fn bad_values_exit_2_naming_the_flag() {
+    let cases: [(&[&str], &str, &str); 14] = [
+        (&["check", "a.npz"], "--rtol", "x"),
+        (&["check", "a.npz"], "--rtol", "-1"),
+        (&["check", "a.npz"], "--backend", "tpu"),
+        (&["export", "a.npz"], "--shape", "1,2,3"),
+        (&["export", "a.npz"], "--chunk", "0"),
+        (&["export", "a.npz"], "--seed", "x"),
+        (&["export", "a.npz"], "--options", "bogus"),
+        (&["export", "a.npz"], "--dt-limit", "0.2,0.1"),
+        (&["bench", "cpu"], "--reps", "0"),
+        (&["bench", "cpu"], "--reps", "many"),
+        (&["bench", "cpu"], "--shape", "1,2"),
+        (&["bench", "cpu"], "--shape", "S9"),
+        (&["bench", "cuda"], "--op", "backward"),
+        (&["bench", "cpu"], "--reps", ""),
+    ];
+    for (prefix, flag, value) in cases {
+        let joined = format!("{flag}={value}");
+        for tail in [vec![flag, value], vec![joined.as_str()]] {
+            let mut args = prefix.to_vec();
+            args.extend(&tail);
+            let o = run(&args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(flag), "{args:?} does not name {flag}: {err}");
+            assert!(err.contains("usage"), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+        }
+    }
+    // a flag without its value, and a switch given one
+    for args in [
+        &["check", "a.npz", "--rtol"][..],
+        &["bench", "cpu", "--reps"][..],
+        &["export", "a.npz", "--seed"][..],
+    ] {
+        let o = run(args);
+        let flag = args.last().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&o).contains(&format!("{flag} needs a value")),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    for args in [
+        &["bench", "cuda", "--breakdown=yes"][..],
+        &["check", "a.npz", "--json=1"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("takes no value"), "{}", stderr(&o));
+    }
+    // CUDA-only flags on the CPU
+    for flag in ["--breakdown", "--resources"] {
+        let o = run(&["bench", "cpu", flag]);
+        assert_eq!(o.status.code(), Some(2), "{flag}");
+        assert!(stderr(&o).contains(flag), "{}", stderr(&o));
+    }
+}
+
+/// `--flag=value` and `--flag value` give the same result (`export` writes the same file,
+/// `check` prints the same rows).
+#[test]
+fn both_value_forms_give_the_same_result() {
+    let dir = scratch("value-forms");
+    let a = dir.join("a.npz");
+    let b = dir.join("b.npz");
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let o = run(&[
+        "export",
+        "--shape",
+        "1,20,2,4,1,4",
+        "--chunk",
+        "8",
+        "--seed",
+        "7",
+        "--options",
+        "z,D",
+        "--dt-limit",
+        "0.01,0.2",
+        "--json",
+        a_s,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o2 = run(&[
+        "export",
+        b_s,
+        "--shape=1,20,2,4,1,4",
+        "--chunk=8",
+        "--seed=7",
+        "--options=z,D",
+        "--dt-limit=0.01,0.2",
+        "--json",
+    ]);
+    assert_eq!(o2.status.code(), Some(0), "{}", stderr(&o2));
+    assert_eq!(stdout(&o).replace(a_s, "F"), stdout(&o2).replace(b_s, "F"));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let (c1, o1, e1) = check(&a, &["--backend", "reference", "--rtol", "1e-3", "--json"]);
+    let (c2, o2, e2) = check(&a, &["--backend=reference", "--rtol=1e-3", "--json"]);
+    assert_eq!(c1, Some(0), "{e1}");
+    assert_eq!(c2, Some(0), "{e2}");
+    assert_eq!(json_rows(&o1), json_rows(&o2));
+    let strip = |t: &str| -> Vec<String> {
+        // everything but the measured errors, which are the same numbers
+        t.lines()
+            .map(|l| l.split("\"rel_l2\"").next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(strip(&o1), strip(&o2));
+    assert!(o1.contains("\"threshold\":1e-3"), "{o1}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--help` of every subcommand prints its usage (exit 0), wherever it stands on the line and
+/// whatever else is there; `--version` prints the crate's version.
+#[test]
+fn help_of_every_subcommand_and_version() {
+    for (args, usage_line) in [
+        (&["--help"][..], "ssd-verify check FILE.npz"),
+        (&["-h"][..], "ssd-verify bench cpu|cuda"),
+        (&["help"][..], "ssd-verify export"),
+        (&["check", "--help"][..], "ssd-verify check FILE.npz"),
+        (
+            &["check", "a.npz", "--rtol", "x", "-h"][..],
+            "ssd-verify check FILE.npz",
+        ),
+        (&["help", "check"][..], "ssd-verify check FILE.npz"),
+        (&["export", "--help"][..], "ssd-verify export [--shape"),
+        (
+            &["export", "--bogus", "--help"][..],
+            "ssd-verify export [--shape",
+        ),
+        (&["bench", "--help"][..], "ssd-verify bench cpu|cuda"),
+        (&["bench", "cuda", "--help"][..], "--breakdown"),
+        (&["help", "bench"][..], "--resources"),
+    ] {
+        let o = run(args);
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(out.starts_with("usage:"), "{args:?}: {out}");
+        assert!(out.contains(usage_line), "{args:?}: {out}");
+        assert!(out.contains("exit status"), "{args:?}: {out}");
+    }
+    // a subcommand's help is its own
+    let o = run(&["check", "--help"]);
+    assert!(!stdout(&o).contains("ssd-verify bench"), "{}", stdout(&o));
+    let o = run(&["bench", "--help"]);
+    assert!(!stdout(&o).contains("ssd-verify export"), "{}", stdout(&o));
+    let version = format!("ssd-verify {}\n", env!("CARGO_PKG_VERSION"));
+    for args in [
+        &["--version"][..],
+        &["-V"][..],
+        &["check", "--version"][..],
+        &["bench", "cpu", "--version"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert_eq!(stdout(&o), version, "{args:?}");
+    }
 }
