@@ -28,7 +28,7 @@
 //! 16 lanes with the same per-lane operations, so the bits do not depend on it
 //! ([`avx512_in_use`], [`set_avx512_allowed`]).
 //!
-//! Performance (DESIGN.md §6; `bench-cpu` in ssd-verify): the recurrence does 3 `f32x8`
+//! Performance (DESIGN.md §6; `ssd-verify bench cpu`): the recurrence does 3 `f32x8`
 //! operations per 8 state elements and token (`H·a + B·Δx`, `y += C·H`) with blocks of `H` in
 //! registers; the chunked form does `≈ 4np` FLOPs per token and head for the state plus
 //! `≈ Q·p` inside a chunk, as register-blocked products (6 × 16 tiles of `f32x8` FMAs). The

@@ -66,7 +66,7 @@ impl Workspace {
 /// recurrence of [`ssd_recurrent`] (`H_t = exp(Δ_t A) H_{t−1} + Δ_t x_t ⊗ B_t`,
 /// `y_t = H_t C_t`, 3 vector operations per 8 state elements and token), not the chunked
 /// form [`ssd_chunked`] (≈ the same FLOPs per token at Q = 64 but as smaller products with
-/// more data movement). `bench-cpu` prints both (`recurrent_ms`, `chunked_ms`) at S1–S3.
+/// more data movement). `ssd-verify bench cpu` prints both (`recurrent_ms`, `chunked_ms`) at S1–S3.
 /// `options.chunk_size` is validated and plays no other part.
 ///
 /// Validates once (the checks and errors of [`ssd_reference::validate()`]); every option of
@@ -139,7 +139,7 @@ enum Algorithm {
     Recurrent,
     /// What [`mamba_chunk_scan_combined`] runs: the register-blocked recurrence at every
     /// shape (measured faster than the chunked form at S1, S2 and S3 and on the shape sweep
-    /// of `bench-cpu`; see the issue notes and `recurrent_ms` / `chunked_ms` there).
+    /// of `ssd-verify bench cpu`; see the issue notes and `recurrent_ms` / `chunked_ms` there).
     Auto,
 }
 

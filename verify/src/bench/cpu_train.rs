@@ -1,8 +1,8 @@
-//! The CPU training benchmark of DESIGN.md §6: one training step of `ssd-cpu`'s SSD layer, the
-//! combined forward ([`ssd_cpu::mamba_chunk_scan_combined_into`] with a reused workspace) and
-//! the combined backward ([`ssd_cpu::mamba_chunk_scan_combined_bwd_with`] with a reused
-//! workspace; it recomputes the forward intermediates from the inputs, as upstream's), at
-//! S1–S3.
+//! The CPU training benchmark of DESIGN.md §6 (`ssd-verify bench cpu`'s `forward_backward`
+//! rows): one training step of `ssd-cpu`'s SSD layer, the combined forward
+//! ([`ssd_cpu::mamba_chunk_scan_combined_into`] with a reused workspace) and the combined
+//! backward ([`ssd_cpu::mamba_chunk_scan_combined_bwd_with`] with a reused workspace; it
+//! recomputes the forward intermediates from the inputs, as upstream's), at S1–S3.
 //!
 //! FLOPs are 3 × [`Shape::forward_flops`]; the ceiling is f32 GEMM at 2048³ through the `gemm`
 //! crate on every thread of the global rayon pool ([`super::cpu::gemm_gflops`]), measured in

@@ -9,7 +9,7 @@
 //! The `unsafe` is the unaligned load and store of 16 floats from a bounds-checked slice and
 //! the call into a `target_feature` function after run-time detection; `wide` picks its width
 //! at compile time, so it has no run-time-dispatched 16-lane type. Measured on 2 cores of an
-//! AVX-512 Xeon (`bench-cpu`, same run): S1 3.18–3.73 → 2.15–2.80 ms, S2 42–63 → 24–25 ms,
+//! AVX-512 Xeon (`ssd-verify bench cpu`, same run): S1 3.18–3.73 → 2.15–2.80 ms, S2 42–63 → 24–25 ms,
 //! S3 51–57 → 29–40 ms for the combined forward.
 
 use super::{Block, KN};
