@@ -1120,7 +1120,7 @@ fn combined_multi_tile_shapes() {
 /// (and so `dz`) while every other output passed (issue 20): whole chunks of 256 and 64 tokens,
 /// p 64, n 128 / 64, D of shape (h), z, dt_bias, softplus, initial states, upstream's value
 /// ranges (`ssd_verify::gen::client_regressions`). The combined forward and backward against
-/// the reference, and each forward kernel on its own.
+/// the reference, each forward kernel on its own, and three forward runs bit-identical.
 #[test]
 fn client_regressions_match_reference() {
     let Some(g) = gpu() else { return };
@@ -1132,6 +1132,22 @@ fn client_regressions_match_reference() {
         }
         if let Err(e) = check_forward_kernels(&g, &prob) {
             failures.push(format!("{name}: forward kernels: {e}"));
+        }
+        // the NaN of issue 20 fell on different elements from run to run: the forward must
+        // give the same bits every time
+        let pf = prob.to_f32();
+        let runs: Vec<_> = (0..3)
+            .map(|_| {
+                g.mamba_chunk_scan_combined_host(&pf.inputs(), &prob.options)
+                    .unwrap()
+            })
+            .collect();
+        for (k, r) in runs.iter().enumerate().skip(1) {
+            if !same_bits(&runs[0].out, &r.out)
+                || !same_bits(&runs[0].final_states, &r.final_states)
+            {
+                failures.push(format!("{name}: forward run {k} differs from run 0"));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
