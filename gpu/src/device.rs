@@ -599,7 +599,8 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<(), SsdError> {
     Ok(())
 }
 
-fn compile_kernels(dev: &Device) -> Result<Kernels, SsdError> {
+/// Whether the NVRTC library can be loaded; an error saying so otherwise.
+fn nvrtc_present() -> Result<(), SsdError> {
     // SAFETY: only tries to dlopen the NVRTC library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(SsdError::Cuda {
@@ -607,30 +608,46 @@ fn compile_kernels(dev: &Device) -> Result<Kernels, SsdError> {
             message: "the NVRTC library (libnvrtc.so) could not be loaded".into(),
         });
     }
+    Ok(())
+}
+
+/// [`SOURCES`] as one NVRTC program (each file's lines numbered from 1 in messages).
+fn program_source() -> String {
     let mut src = String::new();
     for (name, text) in SOURCES {
         src.push_str(&format!("#line 1 \"{name}\"\n"));
         src.push_str(text);
         src.push('\n');
     }
+    src
+}
+
+/// NVRTC's options for `--gpu-architecture=arch` (`compute_90` gives PTX, `sm_90` a cubin).
+fn nvrtc_options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        // Unannotated functions (the generic lambdas that instantiate a kernel body twice,
+        // as a general and a fast form) are device code; there is no host code here.
+        "--device-as-default-execution-space".into(),
+    ]
+}
+
+fn compile_kernels(dev: &Device) -> Result<Kernels, SsdError> {
+    nvrtc_present()?;
     let (major, minor) = dev.compute_capability;
     let opts = cudarc::nvrtc::CompileOptions {
-        options: vec![
-            format!("--gpu-architecture=compute_{major}{minor}"),
-            "--std=c++17".into(),
-            // Unannotated functions (the generic lambdas that instantiate a kernel body twice,
-            // as a general and a fast form) are device code; there is no host code here.
-            "--device-as-default-execution-space".into(),
-        ],
+        options: nvrtc_options(&format!("compute_{major}{minor}")),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => SsdError::Cuda {
-            context: "NVRTC compilation of gpu/kernels/*.cu".into(),
-            message: log.to_string_lossy().into_owned(),
-        },
-        other => cuda_err("NVRTC", other),
-    })?;
+    let ptx =
+        cudarc::nvrtc::compile_ptx_with_opts(program_source(), opts).map_err(|e| match e {
+            cudarc::nvrtc::CompileError::CompileError { log, .. } => SsdError::Cuda {
+                context: "NVRTC compilation of gpu/kernels/*.cu".into(),
+                message: log.to_string_lossy().into_owned(),
+            },
+            other => cuda_err("NVRTC", other),
+        })?;
     let module = dev
         .ctx
         .load_module(ptx)
@@ -663,7 +680,55 @@ pub(crate) fn opt_arg<T: DeviceRepr, D: Dimension>(a: Option<&DeviceArray<T, D>>
 
 #[cfg(test)]
 mod tests {
-    use super::{KERNELS, SOURCES};
+    use super::{nvrtc_options, nvrtc_present, program_source, KERNELS, SOURCES};
+
+    /// The kernels compile, through ptxas, to a Hopper (sm_90) cubin with every listed kernel in
+    /// it, where an NVRTC library can be loaded, with or without a GPU: `.ci/run` fetches one
+    /// from PyPI, so a CUDA error (a typo in an inline PTX instruction included, which NVRTC's
+    /// PTX output alone would pass on to the driver) fails CI, not only the device run. Without
+    /// NVRTC it prints `skipped: no NVRTC library` and passes, unless `SSD_REQUIRE_NVRTC=1`.
+    #[test]
+    fn kernels_compile_for_hopper_with_nvrtc() {
+        use cudarc::nvrtc::{result, sys};
+        use std::ffi::CString;
+        if let Err(e) = nvrtc_present() {
+            assert!(
+                std::env::var("SSD_REQUIRE_NVRTC").map_or(true, |v| v != "1"),
+                "SSD_REQUIRE_NVRTC=1 but {e}"
+            );
+            println!("skipped: no NVRTC library ({e})");
+            return;
+        }
+        let src = CString::new(program_source()).unwrap();
+        let prog = result::create_program(&src, None).unwrap();
+        // SAFETY: `prog` is a live program until destroyed at the end; the buffers passed to
+        // NVRTC have the sizes it reported.
+        unsafe {
+            let compiled = result::compile_program(prog, &nvrtc_options("sm_90"));
+            let log = result::get_program_log(prog).unwrap();
+            let log: String = log
+                .iter()
+                .take_while(|c| **c != 0)
+                .map(|c| *c as u8 as char)
+                .collect();
+            assert!(compiled.is_ok(), "NVRTC (sm_90):\n{log}");
+            let mut size = 0usize;
+            sys::nvrtcGetCUBINSize(prog, &mut size).result().unwrap();
+            let mut cubin = vec![0u8; size];
+            sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
+                .result()
+                .unwrap();
+            result::destroy_program(prog).unwrap();
+            for name in KERNELS {
+                assert!(
+                    cubin
+                        .windows(name.len() + 1)
+                        .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0),
+                    "{name} is not in the sm_90 cubin"
+                );
+            }
+        }
+    }
 
     /// Every kernel named in a launch is in [`KERNELS`] (looked up once, when the module is
     /// loaded; a name missing there would only fail when launched), every entry of [`KERNELS`]
