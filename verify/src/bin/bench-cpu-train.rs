@@ -1,5 +1,5 @@
 //! `bench-cpu-train [--reps N] [--json] [SHAPE…]`: the CPU training benchmark (forward +
-//! backward) of DESIGN.md §6 at S1, S2, S3 (default: all three), through
+//! backward) of docs/design.md §6 at S1, S2, S3 (default: all three), through
 //! [`ssd_verify::bench::cpu_train::run`].
 //!
 //! Each row also gets `extra_bytes`: the backward's peak extra memory, the most bytes it holds

@@ -1,4 +1,4 @@
-//! `bench-cpu [--reps N] [--json] [SHAPE…]`: the CPU benchmark of DESIGN.md §6 until
+//! `bench-cpu [--reps N] [--json] [SHAPE…]`: the CPU benchmark of docs/design.md §6 until
 //! `ssd-verify bench cpu` calls [`ssd_verify::bench::cpu::run`] itself. Shapes: S1, S2, S3, D1
 //! (default: all four).
 

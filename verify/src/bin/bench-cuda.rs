@@ -1,4 +1,4 @@
-//! `bench-cuda [--reps N] [--json] [SHAPE…]`: the CUDA benchmark of DESIGN.md §6 (also reached as
+//! `bench-cuda [--reps N] [--json] [SHAPE…]`: the CUDA benchmark of docs/design.md §6 (also reached as
 //! `ssd-verify bench cuda`, which calls [`ssd_verify::bench::cuda::run`]). Shapes: G1, G2, G3 and
 //! `decode` (the decode step at G1's sizes); default: all four. Prints the kernels' resource
 //! report (registers, local memory) first with `--resources`, and the time of every kernel with

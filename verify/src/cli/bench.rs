@@ -1,4 +1,4 @@
-//! `ssd-verify bench cpu|cuda`: the benchmark protocol of DESIGN.md §6, run by the benchmark
+//! `ssd-verify bench cpu|cuda`: the benchmark protocol of docs/design.md §6, run by the benchmark
 //! code of each backend ([`crate::bench::cpu`], [`crate::bench::cuda`]), printed as a table or
 //! as JSON rows ([`crate::bench::BenchRow::to_json`]).
 

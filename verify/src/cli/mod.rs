@@ -62,7 +62,7 @@ usage:
       the verification matrix: every kernel on every backend here, the combined op and
       every gradient, against the float64 truth (exit status 1 on any failure)
   ssd-verify check FILE.npz [--backend reference|cpu|cuda] [--rtol X] [--json]
-      errors of the results in FILE (DESIGN.md §4 keys) against the float64 truth, with our
+      errors of the results in FILE (docs/design.md §4.10 keys) against the float64 truth, with our
       backend's errors beside them; file results are judged by --rtol (default: 1e-5 for
       out/final_states, 1e-4 for gradients)
   ssd-verify export [--shape b,l,h,p,g,n] [--chunk Q] [--seed S] [--options LIST]
@@ -72,7 +72,7 @@ usage:
       --dt-limit sets dt_limit = (LO, HI), 0 <= LO < HI, HI may be inf (default with the
       dt_limit option: 0.002,0.2)
   ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--reps N] [--json]
-      the benchmark protocol of DESIGN.md §6; NAME is S1 S2 S3 D1 (cpu), G1 G2 G3 (cuda) or
+      the benchmark protocol of docs/design.md §6; NAME is S1 S2 S3 D1 (cpu), G1 G2 G3 (cuda) or
       decode; default: every standard shape of the backend and its decode step
 exit status: 0 pass, 1 a check failed, 2 usage error or unreadable input";
 
@@ -97,7 +97,7 @@ pub enum Command {
     Bench {
         /// Which backend.
         backend: BackendKind,
-        /// Shapes (default: the standard ones of DESIGN.md §6).
+        /// Shapes (default: the standard ones of docs/design.md §6).
         shapes: Vec<String>,
         /// Timed repetitions (default [`bench::DEFAULT_REPS`]).
         reps: Option<usize>,
