@@ -4,7 +4,7 @@
 //! axis (`wide::f32x8`) and threads over independent (batch, chunk, head) or (batch, head)
 //! tiles (rayon).
 //! The same kernels, names and semantics as the float64 truth in [`ssd_reference`]; see
-//! DESIGN.md §2 and `docs/kernels.md`.
+//! docs/design.md §2 (the math) and §5.1 (the signatures).
 //!
 //! Per batch row and head, with state `H` (p, n):
 //! `H_t = exp(Δ_t A) H_{t−1} + Δ_t x_t ⊗ B_t`, `y_t = H_t C_t + D ⊙ x_t`, `out_t = y_t ⊙ silu(z_t)`.
@@ -28,7 +28,7 @@
 //! 16 lanes with the same per-lane operations, so the bits do not depend on it
 //! ([`avx512_in_use`], [`set_avx512_allowed`]).
 //!
-//! Performance (DESIGN.md §6; `ssd-verify bench cpu`): the recurrence does 3 `f32x8`
+//! Performance (docs/design.md §6; `ssd-verify bench cpu`): the recurrence does 3 `f32x8`
 //! operations per 8 state elements and token (`H·a + B·Δx`, `y += C·H`) with blocks of `H` in
 //! registers; the chunked form does `≈ 4np` FLOPs per token and head for the state plus
 //! `≈ Q·p` inside a chunk, as register-blocked products (6 × 16 tiles of `f32x8` FMAs). The

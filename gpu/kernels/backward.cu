@@ -1,4 +1,5 @@
-// backward.cu — the backward kernels of the chunked SSD (DESIGN.md §2), f32, deterministic.
+// backward.cu — the backward kernels of the chunked SSD (docs/design.md §2.6), f32,
+// deterministic.
 //
 // Reductions that cross blocks (dD, the per-head A adjoints, dA, ddt_bias, ddA_chunk) are
 // written as per-block partials and summed by a second kernel in a fixed order.

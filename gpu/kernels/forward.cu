@@ -1,4 +1,4 @@
-// forward.cu — the five forward kernels of the chunked SSD (DESIGN.md §2), f32.
+// forward.cu — the five forward kernels of the chunked SSD (docs/design.md §2.5), f32.
 //
 // Layouts (row-major): x (b,l,h,p), dt (b,l,h), B/C (b,l,g,n), dt_bhcq/dacs_bhcq (b,h,c,Q),
 // states (b,c,h,p,n), cb (b,c,g,Q,Q), seq_idx (b,l) i32. Every block decodes its coordinates

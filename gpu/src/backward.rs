@@ -1,4 +1,4 @@
-//! The backward kernels of the chunked SSD on the device (DESIGN.md §2, `docs/kernels.md`).
+//! The backward kernels of the chunked SSD on the device (docs/design.md §2.6, §5.1).
 //! Cross-block reductions (dD, the A-adjoint pieces, dA, ddt_bias, ddA_chunk) go through
 //! per-block partials summed in a fixed order: results are bit-identical run to run.
 //!

@@ -1,8 +1,8 @@
-//! The five forward kernels of the chunked SSD on the device (DESIGN.md §2), with the argument
-//! lists of `docs/kernels.md` (device buffers in place of ndarray views). Shapes are checked as
-//! in the float64 reference; values (finiteness, `seq_idx` order, the sign of `A`) are the
-//! caller's to guarantee at this level — [`crate::DeviceInputs::upload`] validates them for the
-//! combined op.
+//! The five forward kernels of the chunked SSD on the device (docs/design.md §2.5), with the
+//! argument lists of docs/design.md §5.1 (device buffers in place of ndarray views). Shapes are
+//! checked as in the float64 reference; values (finiteness, `seq_idx` order, the sign of `A`)
+//! are the caller's to guarantee at this level — [`crate::DeviceInputs::upload`] validates them
+//! for the combined op.
 //!
 //! | kernel | CUDA | work decomposition |
 //! |---|---|---|

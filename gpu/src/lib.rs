@@ -35,7 +35,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Kernel functions are methods of [`Gpu`] with the argument lists of `docs/kernels.md`
+//! Kernel functions are methods of [`Gpu`] with the argument lists of docs/design.md §5.1
 //! (device buffers in place of views): [`Gpu::chunk_cumsum`], [`Gpu::chunk_state`],
 //! [`Gpu::state_passing`], [`Gpu::bmm_chunk`], [`Gpu::chunk_scan`], the backward kernels
 //! ([`Gpu::chunk_scan_bwd_dz`] … [`Gpu::chunk_cumsum_bwd`]), [`Gpu::selective_state_update`],

@@ -249,12 +249,12 @@ fn rounded(p: &Problem<f64>) -> Problem<f64> {
 }
 
 /// `‖got − want‖ / ‖magnitude‖`, for sums of products that can cancel: `magnitude` is the same
-/// kernel evaluated on the absolute values of its multilinear inputs, i.e. the sum of its
-/// terms' magnitudes (DESIGN.md §4: reduced quantities judged relative to their terms). Used for
-/// the A-adjoint producers (ddA_next, V, ddA_intra, ddA_chunk) and ddt_direct, which a strong
-/// decay or a `seq_idx` cut can cancel to ~1e-10 of their terms. Judged beyond the f32
-/// representation error of the truth, `‖want − f32(want)‖` (as in cpu_backward): a truth below
-/// f32's normal range (a ddA_chunk of 1e-42 under strong decay) cannot be returned closer.
+/// kernel evaluated on the absolute values of its multilinear inputs, i.e. the sum of its terms'
+/// magnitudes (docs/design.md §4.4: reduced quantities judged relative to their terms). Used for
+/// the A-adjoint producers (ddA_next, V, ddA_intra, ddA_chunk) and ddt_direct, which a strong decay
+/// or a `seq_idx` cut can cancel to ~1e-10 of their terms. Judged beyond the f32 representation
+/// error of the truth, `‖want − f32(want)‖` (as in cpu_backward): a truth below f32's normal range
+/// (a ddA_chunk of 1e-42 under strong decay) cannot be returned closer.
 fn close_mag<D: Dimension>(
     name: &str,
     got: &Array<f32, D>,

@@ -103,8 +103,8 @@ fn exact_identity(s: impl Fn(f64) -> (f64, f64), rhs: f64, rhs_mag: f64) -> f64 
 }
 
 /// Adjoint identity through a central finite difference of `s(t) = ⟨F(x + t v), w⟩`, judged
-/// relative to the magnitude of the terms of `⟨v, Jᵀ w⟩` (a sum of many signed terms; DESIGN.md
-/// §4 allows this for reduced scalars).
+/// relative to the magnitude of the terms of `⟨v, Jᵀ w⟩` (a sum of many signed terms;
+/// docs/design.md §4.4 allows this for reduced scalars).
 fn fd_identity(s: impl Fn(f64) -> f64, rhs: f64, rhs_mag: f64) -> f64 {
     let lhs = central_difference(s, STEP);
     if lhs == rhs {

@@ -8,10 +8,10 @@
 //! out: 3 non-finite values, first NaN at (b, l, h, p) = (0, 1234, 3, 17)
 //! ```
 //!
-//! Layouts are those of DESIGN.md §2 (`out dx dz` (b, l, h, p), `final_states` (b, h, p, n),
+//! Layouts are those of docs/design.md §2.1 (`out dx dz` (b, l, h, p), `final_states` (b, h, p, n),
 //! `ddt` (b, l, h), `dB dC` (b, l, g, n), `dA ddt_bias` (h), `dD` (h) or (h, p)); per-kernel
-//! tensors carry their layout as a name suffix (`states_bchpn`, `dda_intra_bhcq`); anything else
-//! is given by plain indices.
+//! tensors carry their layout as a name suffix (`states_bchpn`, `dda_intra_bhcq`); anything else is
+//! given by plain indices.
 
 use ndarray::{ArrayBase, Data, Dimension};
 

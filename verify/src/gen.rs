@@ -141,11 +141,11 @@ impl ProblemSpec {
 /// short name, with fixed seeds (the client's own values are not known; ours are drawn from the
 /// same upstream ranges as every generated problem).
 ///
-/// They exist because the property tests of DESIGN.md §4 draw small, ragged problems (l ≤ 300,
-/// p, n ≤ 32) and so never reached what mamba_ssm users run: whole chunks of Q = 64 or 256 over
-/// thousands of tokens, p = 64, n = 64 or 128, several groups, with `D` per head, `z`,
-/// `dt_bias`, softplus, `dt_limit` and initial states all on at once. Both are kept as
-/// regression cases on every backend; [`crate::strategies::client_spec`] draws more like them.
+/// They exist because the property tests of docs/design.md §4.8 draw small, ragged problems (l ≤
+/// 300, p, n ≤ 32) and so never reached what mamba_ssm users run: whole chunks of Q = 64 or 256
+/// over thousands of tokens, p = 64, n = 64 or 128, several groups, with `D` per head, `z`,
+/// `dt_bias`, softplus, `dt_limit` and initial states all on at once. Both are kept as regression
+/// cases on every backend; [`crate::strategies::client_spec`] draws more like them.
 ///
 /// - `issue20-l2048-h16-g4-n128-q256`: b 1, l 2048, h 16, p 64, g 4, n 128, Q 256,
 ///   `dt_limit = (0.01, 0.1)`;

@@ -1,6 +1,6 @@
-//! SSD problems in `.npz` (DESIGN.md §4): keys are `mamba_chunk_scan_combined`'s argument names
-//! (`x dt A B C D z dt_bias initial_states seq_idx chunk_size dt_softplus dt_min dt_max`), seeds
-//! `dout dfinal_states`, results `out final_states dx ddt dA dB dC dD dz ddt_bias
+//! SSD problems in `.npz` (docs/design.md §4.10): keys are `mamba_chunk_scan_combined`'s argument
+//! names (`x dt A B C D z dt_bias initial_states seq_idx chunk_size dt_softplus dt_min dt_max`),
+//! seeds `dout dfinal_states`, results `out final_states dx ddt dA dB dC dD dz ddt_bias
 //! dinitial_states`. Absent optional keys mean the option is off.
 
 use crate::npz::{NpyArray, NpyOut};

@@ -1,8 +1,8 @@
 //! proptest strategies of whole SSD problems, of three kinds:
 //!
-//! - [`problem`] / [`spec_within`] (DESIGN.md §4): small ragged problems, b 1–3, l 1–300, h 1–8
-//!   with g | h, p and n 1–32, Q 1–300 (Q > l and Q ∤ l included), every option on and off,
-//!   `seq_idx` with random cuts: every edge of the chunking;
+//! - [`problem`] / [`spec_within`] (docs/design.md §4.8): small ragged problems, b 1–3, l 1–300,
+//!   h 1–8 with g | h, p and n 1–32, Q 1–300 (Q > l and Q ∤ l included), every option on and
+//!   off, `seq_idx` with random cuts: every edge of the chunking;
 //! - [`client_problem`] / [`client_spec`]: problems the way real clients (mamba_ssm users) draw
 //!   them: whole chunks (Q ∈ {64, 128, 256}, l = k·Q from 1024 to 4096), p = 64, n ∈ {64, 128},
 //!   several groups, every option on together most of the time, `seq_idx` mostly off (issue 20:
@@ -17,7 +17,7 @@ use ndarray::{Array1, Array2, Array3, Array4, ArrayD, IxDyn};
 use proptest::prelude::*;
 use ssd_reference::{Dims, Options, Problem, SsdError};
 
-/// Upper bounds of a drawn problem (the DESIGN.md ranges by default).
+/// Upper bounds of a drawn problem (the ranges of docs/design.md §4.8 by default).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// max b
@@ -123,12 +123,12 @@ pub fn spec_within(limits: Limits) -> impl Strategy<Value = ProblemSpec> {
         )
 }
 
-/// Valid problem specs with the DESIGN.md ranges.
+/// Valid problem specs with the ranges of docs/design.md §4.8.
 pub fn spec() -> impl Strategy<Value = ProblemSpec> {
     spec_within(Limits::default())
 }
 
-/// Valid whole problems (float64) with the DESIGN.md ranges.
+/// Valid whole problems (float64) with the ranges of docs/design.md §4.8.
 pub fn problem() -> impl Strategy<Value = Problem<f64>> {
     spec().prop_map(|s| s.build())
 }

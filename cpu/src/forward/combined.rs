@@ -61,7 +61,7 @@ impl Workspace {
 }
 
 /// The SSD forward of `mamba_chunk_scan_combined`: `out` (b, l, h, p) and `final_states`
-/// (b, h, p, n). Every form of DESIGN.md §2 computes the same function up to f32 rounding, so
+/// (b, h, p, n). Every form of docs/design.md §2 computes the same function up to f32 rounding, so
 /// this runs the one that is fastest on a CPU at every shape measured: the register-blocked
 /// recurrence of [`ssd_recurrent`] (`H_t = exp(Δ_t A) H_{t−1} + Δ_t x_t ⊗ B_t`,
 /// `y_t = H_t C_t`, 3 vector operations per 8 state elements and token), not the chunked
@@ -227,12 +227,12 @@ pub fn mamba_chunk_scan_combined_into(
     Ok(())
 }
 
-/// The largest chunk the combined forward runs: it uses chunks of `min(Q, 64)` tokens. The
-/// result does not depend on the chunking (DESIGN.md §2: the chunked form equals the recurrence
-/// for every Q, up to rounding), only its cost does: per token and head the chunked forward
-/// does `4np` FLOPs for the state plus `≈ 2·Q·p/2` (and `Q/2` exponentials) inside the chunk,
-/// and the fused state pass keeps the state in cache whatever the number of chunks, so on a
-/// CPU a short chunk wins (at S2, Q = 64 does ≈ 0.7× the FLOPs of Q = 256).
+/// The largest chunk the combined forward runs: it uses chunks of `min(Q, 64)` tokens. The result
+/// does not depend on the chunking (docs/design.md §2.5: the chunked form equals the recurrence for
+/// every Q, up to rounding), only its cost does: per token and head the chunked forward does `4np`
+/// FLOPs for the state plus `≈ 2·Q·p/2` (and `Q/2` exponentials) inside the chunk, and the fused
+/// state pass keeps the state in cache whatever the number of chunks, so on a CPU a short chunk
+/// wins (at S2, Q = 64 does ≈ 0.7× the FLOPs of Q = 256).
 pub(crate) const BLOCK: usize = 64;
 
 fn block_size(seqlen: usize, chunk_size: usize) -> usize {

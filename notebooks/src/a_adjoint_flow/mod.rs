@@ -3,7 +3,7 @@
 //! `A_h` enters the SSD only through the per-step log decays `Δ_t A_h`, so
 //! `dA_h = Σ_t ∂L/∂(Δ_t A_h) · Δ_t`. The chunked backward never forms `∂L/∂(Δ_t A_h)` in one
 //! place: four kernels each produce the part of it that flows through one path of the chunked
-//! forward (DESIGN.md §2, "the four producers of the A adjoint"):
+//! forward (docs/design.md §2.6, "the four producers of the A adjoint"):
 //!
 //! | contribution | kernel | path |
 //! |---|---|---|

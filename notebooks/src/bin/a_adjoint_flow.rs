@@ -1022,7 +1022,8 @@ fn report(
         w,
         "`A_h` reaches the loss only through the per-step log decays `Δ_t·A_h`, so \
          `dA_h = Σ_t ∂L/∂(Δ_t·A_h) · Δ_t`. The chunked backward produces `∂L/∂(Δ_t·A_h)` in four \
-         parts, one per path of the chunked forward (DESIGN.md §2):\n\n\
+         parts, one per path of the chunked forward \
+         ([docs/design.md §2.6](../docs/design.md#26-the-backward)):\n\n\
          | part | kernel | path of the forward |\n|---|---|---|\n\
          | intra | `chunk_scan_bwd_ddacs_stable` | token s → token l inside one chunk (the `CB` term) |\n\
          | next | `chunk_state_bwd_db` | token s → the chunk's own state `S_c` |\n\

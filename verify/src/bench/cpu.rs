@@ -1,4 +1,4 @@
-//! The CPU benchmark of DESIGN.md §6 (`ssd-verify bench cpu`): the combined forward of
+//! The CPU benchmark of docs/design.md §6 (`ssd-verify bench cpu`): the combined forward of
 //! `ssd-cpu` at S1–S3 and its decode step at D1, each figure beside a ceiling measured in the
 //! same run on all threads of the global rayon pool:
 //!
@@ -17,7 +17,7 @@ use ssd_cpu::{Par, Workspace};
 use ssd_reference::{DecodeInputs, DecodeOptions, SsdError};
 use std::time::Instant;
 
-/// ggml's recurrent CPU SSM_SCAN forward on this machine kind (2 threads), ms (DESIGN.md §6).
+/// ggml's recurrent CPU SSM_SCAN forward on this machine kind (2 threads), ms (docs/design.md §6).
 pub fn ggml_ms(shape: &str) -> Option<f64> {
     match shape {
         "S1" => Some(3.8),

@@ -1,4 +1,4 @@
-//! The CPU training benchmark of DESIGN.md §6 (`ssd-verify bench cpu`'s `forward_backward`
+//! The CPU training benchmark of docs/design.md §6 (`ssd-verify bench cpu`'s `forward_backward`
 //! rows): one training step of `ssd-cpu`'s SSD layer, the combined forward
 //! ([`ssd_cpu::mamba_chunk_scan_combined_into`] with a reused workspace) and the combined
 //! backward ([`ssd_cpu::mamba_chunk_scan_combined_bwd_with`] with a reused workspace; it
@@ -19,7 +19,7 @@ use ssd_reference::{AAdjoint, Gradients, Problem, SsdError};
 use std::time::Instant;
 
 /// JAX's chunked SSD forward+backward (XLA, fp32, 2 threads) on this machine kind, ms
-/// (DESIGN.md §6).
+/// (docs/design.md §6).
 pub fn jax_train_ms(shape: &str) -> Option<f64> {
     match shape {
         "S1" => Some(65.0),

@@ -1,4 +1,4 @@
-//! The CUDA benchmark of DESIGN.md §6 (`ssd-verify bench cuda`): the combined forward,
+//! The CUDA benchmark of docs/design.md §6 (`ssd-verify bench cuda`): the combined forward,
 //! forward + backward and the decode step of `ssd-gpu` at G1–G3, each beside mamba_ssm's Triton
 //! figure on the lent H100 ([`super::triton_ms`], [`super::TRITON_DECODE_G1_MS`]) as a ratio
 //! (`triton_ms / median_ms`, > 1 = faster than Triton), and beside two floors measured in the

@@ -1,4 +1,4 @@
-//! The benchmark protocol of DESIGN.md §6: standard shapes, FLOP counts and the row every
+//! The benchmark protocol of docs/design.md §6: standard shapes, FLOP counts and the row every
 //! benchmark prints (as a table, or as JSON with `--json`).
 //!
 //! Benchmarks are programs, never timed tests: medians of repeated runs after warm-up, every
@@ -134,7 +134,7 @@ pub struct BenchRow {
     pub op: String,
     /// Median wall time, ms.
     pub median_ms: f64,
-    /// GFLOP/s by DESIGN.md's count (None for decode).
+    /// GFLOP/s by the count of docs/design.md §6 (None for decode).
     pub gflops: Option<f64>,
     /// Ratio to the ceiling measured in the same run (GEMM GFLOP/s, or copy bytes/s for decode).
     pub ceiling_ratio: f64,

@@ -1,4 +1,4 @@
-//! `ssd-verify bench cpu|cuda`: the benchmark protocol of DESIGN.md §6, run by the benchmark
+//! `ssd-verify bench cpu|cuda`: the benchmark protocol of docs/design.md §6, run by the benchmark
 //! code of each backend ([`crate::bench::cpu`], [`crate::bench::cpu_train`],
 //! [`crate::bench::cuda`]), printed as a table or as one JSON array of rows
 //! ([`crate::bench::BenchRow::to_json`]).
@@ -42,7 +42,7 @@ pub static SPEC: Spec = Spec {
 pub struct BenchArgs {
     /// Which backend.
     pub backend: BackendKind,
-    /// Shapes (default: the standard ones of DESIGN.md §6).
+    /// Shapes (default: the standard ones of docs/design.md §6).
     pub shapes: Vec<String>,
     /// The row kinds to run, from [`OPS`] (default: all).
     pub ops: Vec<&'static str>,

@@ -1,5 +1,5 @@
-//! `ssd-verify export FILE.npz`: writes a generated problem (DESIGN.md §4 keys) with its seeds
-//! and the float64 results: `out`, `final_states` from the literal recurrence, and every
+//! `ssd-verify export FILE.npz`: writes a generated problem (docs/design.md §4.10 keys) with its
+//! seeds and the float64 results: `out`, `final_states` from the literal recurrence, and every
 //! gradient from `ssd_recurrent_bwd` when `ssd-reference` has it.
 
 use super::args::{positive, Flag, Matches, Spec};

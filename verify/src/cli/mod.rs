@@ -38,7 +38,7 @@ macro_rules! matrix_usage {
 macro_rules! check_usage {
     () => {
         "  ssd-verify check FILE.npz [--backend reference|cpu|cuda] [--rtol X] [--json]
-      errors of the results in FILE (DESIGN.md §4 keys) against the float64 truth, with our
+      errors of the results in FILE (docs/design.md §4.10 keys) against the float64 truth, with our
       backend's errors beside them (--backend, default: cpu); file results are judged by
       --rtol (default: 1e-5 for out/final_states, 1e-4 for gradients)
 "
@@ -63,7 +63,7 @@ macro_rules! bench_usage {
     () => {
         "  ssd-verify bench cpu|cuda [--shape NAME|b,l,h,p,g,n[,Q]]... [--op LIST] [--reps N]
                     [--breakdown] [--resources] [--json]
-      the benchmark protocol of DESIGN.md §6: forward and forward_backward rows per shape,
+      the benchmark protocol of docs/design.md §6: forward and forward_backward rows per shape,
       a decode row; NAME is S1 S2 S3 D1 (cpu), G1 G2 G3 (cuda) or decode (Q defaults to 256);
       default: every standard shape of the backend and its decode step; --op picks rows
       (comma-separated from forward forward_backward decode; default all); --reps N timed
