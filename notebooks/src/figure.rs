@@ -1,4 +1,4 @@
-//! What the notebook binaries share for rendering: a font for plotters' `ab_glyph` text (loaded
+//! What the notebooks' figures share for rendering: a font for plotters' `ab_glyph` text (loaded
 //! at run time, so building needs no system library), and writing one figure as SVG and PNG.
 //!
 //! Text layout needs a TrueType font in both backends. [`load_font`] looks for one
@@ -109,3 +109,20 @@ pub const PALETTE: [RGBColor; 5] = [
     RGBColor(148, 103, 189),
     RGBColor(0, 0, 0),
 ];
+
+/// The title of a whole figure: bold, 22 px.
+pub fn title_font() -> TextStyle<'static> {
+    ("sans-serif", 22).into_font().style(FontStyle::Bold).into()
+}
+
+/// The smallest and largest of `vs`, each moved out by 6 % of their distance (a y range with
+/// room around the data).
+pub fn padded_range<'a>(vs: impl IntoIterator<Item = &'a f64>) -> (f64, f64) {
+    let (lo, hi) = vs
+        .into_iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let pad = 0.06 * (hi - lo).max(1e-300);
+    (lo - pad, hi + pad)
+}

@@ -7,6 +7,9 @@ use ndarray::Array4;
 use ssd_reference::{mamba_chunk_scan_combined_bwd, AAdjoint, SsdError};
 use ssd_verify::tolerance::{rel_l2, rel_to_magnitude};
 
+mod figure;
+pub use figure::BackendFigure;
+
 /// One backend's A adjoint against the float64 one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendFlow {
@@ -67,4 +70,36 @@ pub fn backend_flow(fp: &FlowProblem, backend: &Backend<'_>) -> Result<BackendFl
             .map(|h| pairs.map(|(got, _)| along_sequence(got, h, l)))
             .collect(),
     })
+}
+
+impl Backend<'static> {
+    /// The CPU backend, `ssd_cpu` on `par`.
+    pub fn cpu(par: ssd_cpu::Par) -> Self {
+        Backend {
+            name: "CPU f32 (ssd-cpu)".to_string(),
+            backward: Box::new(move |p, dout, dfinal| {
+                ssd_cpu::mamba_chunk_scan_combined_bwd(&p.inputs(), &p.options, dout, dfinal, par)
+            }),
+        }
+    }
+}
+
+/// The f32 backends present (the CPU on every core, CUDA where a device is), and a line for each
+/// one that is not.
+pub fn available_backends() -> (Vec<Backend<'static>>, Vec<String>) {
+    let mut list = vec![Backend::cpu(ssd_cpu::Par::rayon(0))];
+    let mut notes = Vec::new();
+    match ssd_gpu::Gpu::new() {
+        Ok(gpu) => {
+            let name = format!("CUDA f32 ({})", gpu.name());
+            list.push(Backend {
+                name,
+                backward: Box::new(move |p, dout, dfinal| {
+                    gpu.mamba_chunk_scan_combined_bwd_host(&p.inputs(), &p.options, dout, dfinal)
+                }),
+            });
+        }
+        Err(e) => notes.push(format!("CUDA f32: not run ({e})")),
+    }
+    (list, notes)
 }

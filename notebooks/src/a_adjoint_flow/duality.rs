@@ -7,6 +7,9 @@
 use super::problem::{along_sequence, FlowProblem};
 use ssd_reference::{mamba_chunk_scan_combined_bwd, ssd_recurrent_bwd_with_dda, SsdError};
 
+mod figure;
+pub use figure::DualityFigure;
+
 /// `dA_h` of every head at one chunk size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DualityRow {

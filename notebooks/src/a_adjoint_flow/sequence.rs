@@ -5,6 +5,13 @@
 use super::problem::{along_sequence, FlowProblem};
 use ssd_reference::{mamba_chunk_scan_combined_bwd, ssd_recurrent_bwd_with_dda, SsdError};
 
+mod figure;
+pub use figure::SequenceFigure;
+
+/// The head whose sequence the figures show: A = −1, the longest memory, where all four paths
+/// carry a visible share.
+pub const SHOWN_HEAD: usize = 0;
+
 /// One head's A adjoint along the sequence, split by producing kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceFlow {

@@ -9,6 +9,9 @@
 use super::problem::{along_sequence, FlowProblem};
 use ssd_reference::{mamba_chunk_scan_combined_bwd, SsdError};
 
+mod figure;
+pub use figure::SplitFigure;
+
 /// Relative step of the finite difference in `A_h`: ≈ ε^{1/3} (see the module docs).
 pub const FD_STEP: f64 = 6e-6;
 
@@ -19,6 +22,9 @@ pub const KERNELS: [&str; 4] = [
     "prev: chunk_scan_bwd_dc",
     "chunk: state_passing_bwd",
 ];
+
+/// Short names of the four producers, in [`KERNELS`] order.
+pub const SHORT: [&str; 4] = ["intra", "next", "prev", "chunk"];
 
 /// One head's `dA_h`, split by kernel.
 #[derive(Debug, Clone, PartialEq)]
