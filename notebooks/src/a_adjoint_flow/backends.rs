@@ -2,9 +2,9 @@
 //! present) laid over the float64 ones. Each backend gets the problem rounded to f32; its
 //! contributions are compared with the float64 reference's on the float64 problem.
 
-use super::problem::{along_sequence, Backend, FlowProblem};
+use super::problem::{along_sequence, parts_along, Backend, FlowProblem};
 use ndarray::Array4;
-use ssd_reference::{mamba_chunk_scan_combined_bwd, AAdjoint, SsdError};
+use ssd_reference::{AAdjoint, SsdError};
 use ssd_verify::tolerance::{rel_l2, rel_to_magnitude};
 
 mod figure;
@@ -37,12 +37,7 @@ fn sum4<T: Copy + Into<f64>>(a: &AAdjoint<T>) -> Array4<f64> {
 pub fn backend_flow(fp: &FlowProblem, backend: &Backend<'_>) -> Result<BackendFlow, SsdError> {
     let p = &fp.problem;
     let (_, l, nh, _) = p.x.dim();
-    let (g64, a64) = mamba_chunk_scan_combined_bwd(
-        &p.inputs(),
-        &p.options,
-        fp.dout.view(),
-        Some(fp.dfinal_states.view()),
-    )?;
+    let (g64, a64) = fp.chunked_backward()?;
     let p32 = p.to_f32();
     let dout = fp.dout.mapv(|v| v as f32);
     let dfinal = fp.dfinal_states.mapv(|v| v as f32);
@@ -66,9 +61,7 @@ pub fn backend_flow(fp: &FlowProblem, backend: &Backend<'_>) -> Result<BackendFl
         rel_l2: pairs.map(|(got, want)| rel_l2(got, want)),
         rel_l2_sum: rel_l2(&sum4(&a32), &sum4(&a64)),
         da_error,
-        along: (0..nh)
-            .map(|h| pairs.map(|(got, _)| along_sequence(got, h, l)))
-            .collect(),
+        along: (0..nh).map(|h| parts_along(&a32, h, l)).collect(),
     })
 }
 
