@@ -27,6 +27,7 @@ pub fn report(
     total: f64,
 ) -> String {
     let s = &d.spec;
+    let link = |stem: &str, alt: &str| fig_link(figures, stem, alt);
     let mut r = String::new();
     let w = &mut r;
     let _ = writeln!(
@@ -64,11 +65,7 @@ pub fn report(
     let _ = writeln!(
         w,
         "{}",
-        fig_link(
-            figures,
-            SEQUENCE_STEM,
-            "four contributions along the sequence"
-        )
+        link(SEQUENCE_STEM, "four contributions along the sequence")
     );
     let _ = writeln!(
         w,
@@ -89,11 +86,7 @@ pub fn report(
         w,
         "\n## 2. dA_h split by kernel, beside finite differences\n"
     );
-    let _ = writeln!(
-        w,
-        "{}",
-        fig_link(figures, SPLIT_STEM, "dA per head split by kernel")
-    );
+    let _ = writeln!(w, "{}", link(SPLIT_STEM, "dA per head split by kernel"));
     let _ = writeln!(
         w,
         "Each part is `Σ_t part_t · Δ_t`. FD is the central difference \
@@ -131,11 +124,7 @@ pub fn report(
     let _ = writeln!(
         w,
         "{}",
-        fig_link(
-            figures,
-            DUALITY_STEM,
-            "shares of dA per kernel versus chunk size"
-        )
+        link(DUALITY_STEM, "shares of dA per kernel versus chunk size")
     );
     let _ = writeln!(
         w,
@@ -178,11 +167,7 @@ pub fn report(
     let _ = writeln!(
         w,
         "{}",
-        fig_link(
-            figures,
-            STABILITY_STEM,
-            "closed form versus stable kernel error"
-        )
+        link(STABILITY_STEM, "closed form versus stable kernel error")
     );
     let _ = writeln!(
         w,
@@ -314,12 +299,7 @@ pub fn report(
             Ok(f) => {
                 let i = d.backend_names.iter().position(|n| n == &f.name);
                 let stem = backend_stem(&f.name, i.unwrap_or(0));
-                let _ = writeln!(
-                    w,
-                    "\n### {}\n\n{}",
-                    f.name,
-                    fig_link(figures, &stem, &f.name)
-                );
+                let _ = writeln!(w, "\n### {}\n\n{}", f.name, link(&stem, &f.name));
                 let _ = writeln!(
                     w,
                     "| | intra | next | prev | chunk | sum |\n|---|---|---|---|---|---|\n\

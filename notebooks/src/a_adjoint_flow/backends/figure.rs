@@ -3,7 +3,9 @@
 
 use super::BackendFlow;
 use crate::a_adjoint_flow::{SequenceFlow, SHORT};
-use crate::figure::{padded_range, title_font, DrawResult, Figure, PALETTE};
+use crate::figure::{
+    draw_legend, line_sample, padded_range, title_font, DrawResult, Figure, PALETTE,
+};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -67,9 +69,7 @@ impl Figure for BackendFigure<'_> {
                     c.stroke_width(2),
                 ))?
                 .label("float64 reference")
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
-                });
+                .legend(line_sample(c.stroke_width(3), 20));
             chart
                 .draw_series(
                     got.iter()
@@ -79,13 +79,7 @@ impl Figure for BackendFigure<'_> {
                 )?
                 .label("f32 backend (every 8th)")
                 .legend(|(x, y)| Cross::new((x + 10, y), 4, BLACK.stroke_width(1)));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
-                .label_font(("sans-serif", 12))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::LowerLeft, 12)?;
 
             let scale = (want.iter().map(|v| v * v).sum::<f64>() / l as f64)
                 .sqrt()

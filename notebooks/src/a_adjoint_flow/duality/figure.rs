@@ -3,7 +3,9 @@
 
 use super::DualitySweep;
 use crate::a_adjoint_flow::SHORT;
-use crate::figure::{padded_range, title_font, DrawResult, Figure, PALETTE};
+use crate::figure::{
+    draw_legend, line_sample, padded_range, title_font, DrawResult, Figure, PALETTE,
+};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -93,19 +95,13 @@ impl Figure for DualityFigure<'_> {
                     } else {
                         SHORT[k].to_string()
                     };
-                    series.label(label).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
-                    });
+                    series
+                        .label(label)
+                        .legend(line_sample(c.stroke_width(3), 20));
                 }
             }
             if h == 0 {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperLeft)
-                    .label_font(("sans-serif", 14))
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .draw()?;
+                draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, 14)?;
             }
         }
         // Bottom: |total(Q) − dA_h(recurrence)| / Σ_t |ddA_t Δ_t| per head.
@@ -139,34 +135,21 @@ impl Figure for DualityFigure<'_> {
             .label_style(("sans-serif", 14))
             .draw()?;
         for (h, d) in devs.iter().enumerate() {
-            let c = [
-                RGBColor(31, 119, 180),
-                RGBColor(230, 120, 20),
-                RGBColor(44, 160, 44),
-                RGBColor(148, 103, 189),
-            ][h % 4];
+            let c = PALETTE[h % 4];
             chart
                 .draw_series(LineSeries::new(
                     qs.iter().zip(d).map(|(&q, &v)| (q, v)),
                     c.stroke_width(2),
                 ))?
                 .label(format!("head {h}"))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
-                });
+                .legend(line_sample(c.stroke_width(3), 20));
             chart.draw_series(
                 qs.iter()
                     .zip(d)
                     .map(|(&q, &v)| Circle::new((q, v), 3, c.filled())),
             )?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(("sans-serif", 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 14)?;
         Ok(())
     }
 }

@@ -2,7 +2,9 @@
 //! sequence and a zoom on three chunks), and their sum over the adjoint of the literal recurrence.
 
 use super::SequenceFlow;
-use crate::figure::{padded_range, title_font, DrawResult, Figure, PALETTE};
+use crate::figure::{
+    draw_legend, line_sample, padded_range, title_font, DrawResult, Figure, GREY, PALETTE, RED,
+};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -89,14 +91,12 @@ impl Figure for SequenceFigure<'_> {
                         .map(|&x| {
                             PathElement::new(
                                 vec![(x, lo), (x, hi)],
-                                RGBColor(150, 150, 150).stroke_width(if zoom { 2 } else { 1 }),
+                                GREY.stroke_width(if zoom { 2 } else { 1 }),
                             )
                         }),
                 )?
                 .label(format!("chunk boundary (every Q = {q} positions)"))
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], RGBColor(150, 150, 150))
-                });
+                .legend(line_sample(GREY, 24));
             for (k, v) in parts.iter().enumerate() {
                 let c = PALETTE[k];
                 chart
@@ -105,9 +105,7 @@ impl Figure for SequenceFigure<'_> {
                         c.stroke_width(2),
                     ))?
                     .label(descr[k])
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3))
-                    });
+                    .legend(line_sample(c.stroke_width(3), 24));
             }
             if zoom {
                 let black = PALETTE[4];
@@ -117,17 +115,9 @@ impl Figure for SequenceFigure<'_> {
                         black.stroke_width(3),
                     ))?
                     .label("their sum")
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], black.stroke_width(3))
-                    });
+                    .legend(line_sample(black.stroke_width(3), 24));
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
-                .label_font(("sans-serif", 14))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::LowerLeft, 14)?;
         }
 
         let (lo, hi) = padded_range(f.sum.iter().chain(&f.recurrent));
@@ -153,12 +143,11 @@ impl Figure for SequenceFigure<'_> {
             .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style(("sans-serif", 15))
             .draw()?;
-        chart.draw_series(boundaries.iter().map(|&x| {
-            PathElement::new(
-                vec![(x, lo), (x, hi)],
-                RGBColor(150, 150, 150).stroke_width(1),
-            )
-        }))?;
+        chart.draw_series(
+            boundaries
+                .iter()
+                .map(|&x| PathElement::new(vec![(x, lo), (x, hi)], GREY.stroke_width(1))),
+        )?;
         let black = PALETTE[4];
         chart
             .draw_series(LineSeries::new(
@@ -166,27 +155,18 @@ impl Figure for SequenceFigure<'_> {
                 black.stroke_width(2),
             ))?
             .label("intra + next + prev + chunk (chunked backward, Q = 64)")
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], black.stroke_width(3))
-            });
-        let red = RGBColor(214, 39, 40);
+            .legend(line_sample(black.stroke_width(3), 24));
         chart
             .draw_series(
                 f.recurrent
                     .iter()
                     .enumerate()
                     .step_by(4)
-                    .map(|(t, &y)| Circle::new((t as f64, y), 3, red.filled())),
+                    .map(|(t, &y)| Circle::new((t as f64, y), 3, RED.filled())),
             )?
             .label("literal recurrence, exp(Δ_t·A)·⟨G_t, H_(t−1)⟩ (every 4th position)")
-            .legend(move |(x, y)| Circle::new((x + 12, y), 4, red.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .label_font(("sans-serif", 15))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+            .legend(move |(x, y)| Circle::new((x + 12, y), 4, RED.filled()));
+        draw_legend(&mut chart, SeriesLabelPosition::LowerLeft, 15)?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! The figure of section 2: `dA_h` by kernel beside the finite difference, one panel per head.
 
 use super::HeadSplit;
-use crate::figure::{padded_range, title_font, DrawResult, Figure, PALETTE};
+use crate::figure::{padded_range, title_font, DrawResult, Figure, PALETTE, RED};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -69,12 +69,7 @@ impl Figure for SplitFigure<'_> {
                 .label_style(("sans-serif", 14))
                 .draw()?;
             let colors = [
-                PALETTE[0],
-                PALETTE[1],
-                PALETTE[2],
-                PALETTE[3],
-                PALETTE[4],
-                RGBColor(214, 39, 40),
+                PALETTE[0], PALETTE[1], PALETTE[2], PALETTE[3], PALETTE[4], RED,
             ];
             chart.draw_series(vals.iter().enumerate().map(|(i, &v)| {
                 let x = i as f64;

@@ -2,7 +2,7 @@
 //! truth, one panel per chunk length and Δ distribution.
 
 use super::{StabilityRow, UNIFORM_DT};
-use crate::figure::{title_font, DrawResult, Figure};
+use crate::figure::{title_font, DrawResult, Figure, GREY, PALETTE, RED};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -42,17 +42,17 @@ impl Figure for StabilityFigure<'_> {
         ls.dedup();
         let styles: Vec<(String, RGBColor, u32)> = {
             let mut v = vec![
-                ("closed form, f32".to_string(), RGBColor(214, 39, 40), 3),
+                ("closed form, f32".to_string(), RED, 3),
                 (
                     "closed form, float64".to_string(),
                     RGBColor(255, 152, 150),
                     2,
                 ),
-                ("stable, f32".to_string(), RGBColor(31, 119, 180), 3),
+                ("stable, f32".to_string(), PALETTE[0], 3),
                 ("stable, float64".to_string(), RGBColor(158, 202, 225), 2),
             ];
             for (i, b) in self.backends.iter().enumerate() {
-                let c = [RGBColor(44, 160, 44), RGBColor(148, 103, 189)][i % 2];
+                let c = PALETTE[2 + i % 2];
                 v.push((format!("{b}: ssd backward, intra"), c, 2));
             }
             v
@@ -85,7 +85,7 @@ impl Figure for StabilityFigure<'_> {
                 ] {
                     chart.draw_series(std::iter::once(PathElement::new(
                         vec![(kmin, y), (kmax, y)],
-                        RGBColor(150, 150, 150).stroke_width(1),
+                        GREY.stroke_width(1),
                     )))?;
                     chart.draw_series(std::iter::once(Text::new(
                         txt,
