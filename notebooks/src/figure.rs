@@ -1,4 +1,4 @@
-//! What the notebook binaries share for rendering: a font for plotters' `ab_glyph` text (loaded
+//! What the notebooks' figures share for rendering: a font for plotters' `ab_glyph` text (loaded
 //! at run time, so building needs no system library), and writing one figure as SVG and PNG.
 //!
 //! Text layout needs a TrueType font in both backends. [`load_font`] looks for one
@@ -6,7 +6,7 @@
 //! none is found the binaries still write their report with every number, and say that the
 //! figures were not rendered.
 
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 use std::error::Error;
@@ -101,6 +101,13 @@ pub fn render(fig: &impl Figure, dir: &Path, stem: &str) -> Result<[PathBuf; 2],
     Ok([svg, png])
 }
 
+/// Grey, for guides: chunk boundaries, reference levels.
+pub const GREY: RGBColor = RGBColor(150, 150, 150);
+
+/// Red, for the check a figure compares with (finite differences, the recurrence, the closed
+/// form).
+pub const RED: RGBColor = RGBColor(214, 39, 40);
+
 /// A palette that stays apart in colour and in grey: blue, orange, green, purple, then black.
 pub const PALETTE: [RGBColor; 5] = [
     RGBColor(31, 119, 180),
@@ -109,3 +116,49 @@ pub const PALETTE: [RGBColor; 5] = [
     RGBColor(148, 103, 189),
     RGBColor(0, 0, 0),
 ];
+
+/// The title of a whole figure: bold, 22 px.
+pub fn title_font() -> TextStyle<'static> {
+    ("sans-serif", 22).into_font().style(FontStyle::Bold).into()
+}
+
+/// The smallest and largest of `vs`, each moved out by 6 % of their distance (a y range with
+/// room around the data).
+pub fn padded_range<'a>(vs: impl IntoIterator<Item = &'a f64>) -> (f64, f64) {
+    let (lo, hi) = vs
+        .into_iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let pad = 0.06 * (hi - lo).max(1e-300);
+    (lo - pad, hi + pad)
+}
+
+/// A legend's sample of a line series: `len` pixels of `style` from the legend entry's anchor.
+pub fn line_sample(
+    style: impl Into<ShapeStyle>,
+    len: i32,
+) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    let style = style.into();
+    move |(x, y)| PathElement::new(vec![(x, y), (x + len, y)], style)
+}
+
+/// Draws the labels of `chart`'s series in a box at `position`: `font_size` px text on 85 %
+/// white, a black border.
+pub fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(("sans-serif", font_size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}

@@ -161,20 +161,9 @@ fn closed_form_breaks_down_where_the_stable_form_does_not() {
     );
 }
 
-/// The CPU f32 backend as the notebook runs it.
+/// The CPU f32 backend as the notebook runs it, on one thread.
 fn cpu() -> Backend<'static> {
-    Backend {
-        name: "CPU f32".to_string(),
-        backward: Box::new(|p, dout, dfinal| {
-            ssd_cpu::mamba_chunk_scan_combined_bwd(
-                &p.inputs(),
-                &p.options,
-                dout,
-                dfinal,
-                ssd_cpu::Par::Seq,
-            )
-        }),
-    }
+    Backend::cpu(ssd_cpu::Par::Seq)
 }
 
 #[test]

@@ -2,10 +2,13 @@
 //! present) laid over the float64 ones. Each backend gets the problem rounded to f32; its
 //! contributions are compared with the float64 reference's on the float64 problem.
 
-use super::problem::{along_sequence, Backend, FlowProblem};
+use super::problem::{along_sequence, parts_along, Backend, FlowProblem};
 use ndarray::Array4;
-use ssd_reference::{mamba_chunk_scan_combined_bwd, AAdjoint, SsdError};
+use ssd_reference::{AAdjoint, SsdError};
 use ssd_verify::tolerance::{rel_l2, rel_to_magnitude};
+
+mod figure;
+pub use figure::BackendFigure;
 
 /// One backend's A adjoint against the float64 one.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,12 +37,7 @@ fn sum4<T: Copy + Into<f64>>(a: &AAdjoint<T>) -> Array4<f64> {
 pub fn backend_flow(fp: &FlowProblem, backend: &Backend<'_>) -> Result<BackendFlow, SsdError> {
     let p = &fp.problem;
     let (_, l, nh, _) = p.x.dim();
-    let (g64, a64) = mamba_chunk_scan_combined_bwd(
-        &p.inputs(),
-        &p.options,
-        fp.dout.view(),
-        Some(fp.dfinal_states.view()),
-    )?;
+    let (g64, a64) = fp.chunked_backward()?;
     let p32 = p.to_f32();
     let dout = fp.dout.mapv(|v| v as f32);
     let dfinal = fp.dfinal_states.mapv(|v| v as f32);
@@ -63,8 +61,38 @@ pub fn backend_flow(fp: &FlowProblem, backend: &Backend<'_>) -> Result<BackendFl
         rel_l2: pairs.map(|(got, want)| rel_l2(got, want)),
         rel_l2_sum: rel_l2(&sum4(&a32), &sum4(&a64)),
         da_error,
-        along: (0..nh)
-            .map(|h| pairs.map(|(got, _)| along_sequence(got, h, l)))
-            .collect(),
+        along: (0..nh).map(|h| parts_along(&a32, h, l)).collect(),
     })
+}
+
+impl Backend<'static> {
+    /// The CPU backend, `ssd_cpu` on `par`.
+    pub fn cpu(par: ssd_cpu::Par) -> Self {
+        Backend {
+            name: "CPU f32 (ssd-cpu)".to_string(),
+            backward: Box::new(move |p, dout, dfinal| {
+                ssd_cpu::mamba_chunk_scan_combined_bwd(&p.inputs(), &p.options, dout, dfinal, par)
+            }),
+        }
+    }
+}
+
+/// The f32 backends present (the CPU on every core, CUDA where a device is), and a line for each
+/// one that is not.
+pub fn available_backends() -> (Vec<Backend<'static>>, Vec<String>) {
+    let mut list = vec![Backend::cpu(ssd_cpu::Par::rayon(0))];
+    let mut notes = Vec::new();
+    match ssd_gpu::Gpu::new() {
+        Ok(gpu) => {
+            let name = format!("CUDA f32 ({})", gpu.name());
+            list.push(Backend {
+                name,
+                backward: Box::new(move |p, dout, dfinal| {
+                    gpu.mamba_chunk_scan_combined_bwd_host(&p.inputs(), &p.options, dout, dfinal)
+                }),
+            });
+        }
+        Err(e) => notes.push(format!("CUDA f32: not run ({e})")),
+    }
+    (list, notes)
 }

@@ -4,8 +4,11 @@
 //! state, `next`). In between the four kernels share `dA_h` differently, and the total stays the
 //! float64 gradient of the literal recurrence up to rounding.
 
-use super::problem::{along_sequence, FlowProblem};
-use ssd_reference::{mamba_chunk_scan_combined_bwd, ssd_recurrent_bwd_with_dda, SsdError};
+use super::problem::{parts_along, times_delta, FlowProblem};
+use ssd_reference::SsdError;
+
+mod figure;
+pub use figure::DualityFigure;
 
 /// `dA_h` of every head at one chunk size.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,12 +76,7 @@ pub fn duality_sweep(fp: &FlowProblem, qs: &[usize]) -> Result<DualitySweep, Ssd
     let p = &fp.problem;
     let (_, l, nh, _) = p.x.dim();
     let deltas: Vec<Vec<f64>> = (0..nh).map(|h| fp.delta(h)).collect();
-    let (grads, dda_blh) = ssd_recurrent_bwd_with_dda(
-        &p.inputs(),
-        &p.options,
-        fp.dout.view(),
-        Some(fp.dfinal_states.view()),
-    )?;
+    let (grads, dda_blh) = fp.recurrent_backward()?;
     let magnitude = (0..nh)
         .map(|h| {
             (0..l)
@@ -89,23 +87,9 @@ pub fn duality_sweep(fp: &FlowProblem, qs: &[usize]) -> Result<DualitySweep, Ssd
     let mut rows = Vec::with_capacity(qs.len());
     for &q in qs {
         let fq = fp.with_chunk_size(q);
-        let pq = &fq.problem;
-        let (_, adj) = mamba_chunk_scan_combined_bwd(
-            &pq.inputs(),
-            &pq.options,
-            fq.dout.view(),
-            Some(fq.dfinal_states.view()),
-        )?;
+        let (_, adj) = fq.chunked_backward()?;
         let by_kernel: Vec<[f64; 4]> = (0..nh)
-            .map(|h| {
-                [&adj.intra, &adj.next, &adj.prev, &adj.chunk].map(|t| {
-                    along_sequence(t, h, l)
-                        .iter()
-                        .zip(&deltas[h])
-                        .map(|(c, d)| c * d)
-                        .sum()
-                })
-            })
+            .map(|h| parts_along(&adj, h, l).map(|v| times_delta(&v, &deltas[h])))
             .collect();
         let total = by_kernel.iter().map(|k| k.iter().sum()).collect();
         rows.push(DualityRow {

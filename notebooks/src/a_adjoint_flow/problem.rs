@@ -5,8 +5,8 @@
 //! `L = Σ out·dout + Σ final_states·dfinal_states` with random seeds `dout`, `dfinal_states`, so
 //! that all four producers of the A adjoint carry something.
 
-use ndarray::{Array1, Array4, ArrayView4, Ix4};
-use ssd_reference::{Gradients, Problem, SsdError};
+use ndarray::{Array1, Array3, Array4, ArrayView4, Ix4};
+use ssd_reference::{AAdjoint, Gradients, Problem, SsdError};
 use ssd_verify::gen::{random_array, ProblemSpec};
 
 /// Sizes and seed of the notebook's problem.
@@ -127,6 +127,30 @@ impl FlowProblem {
         Ok(dot(&o.out, &self.dout) + dot(&o.final_states, &self.dfinal_states))
     }
 
+    /// The chunked float64 backward of the loss: the gradients and the four contributions to
+    /// the A adjoint.
+    pub fn chunked_backward(&self) -> Result<(Gradients<f64>, AAdjoint<f64>), SsdError> {
+        let p = &self.problem;
+        ssd_reference::mamba_chunk_scan_combined_bwd(
+            &p.inputs(),
+            &p.options,
+            self.dout.view(),
+            Some(self.dfinal_states.view()),
+        )
+    }
+
+    /// The backward of the loss through the literal recurrence (float64 BPTT): the gradients and
+    /// the per-step A adjoint `ddA` (b, l, h).
+    pub fn recurrent_backward(&self) -> Result<(Gradients<f64>, Array3<f64>), SsdError> {
+        let p = &self.problem;
+        ssd_reference::ssd_recurrent_bwd_with_dda(
+            &p.inputs(),
+            &p.options,
+            self.dout.view(),
+            Some(self.dfinal_states.view()),
+        )
+    }
+
     /// `Δ_t` of head `h` along the sequence (row 0): the processed time step.
     pub fn delta(&self, h: usize) -> Vec<f64> {
         let p = &self.problem;
@@ -174,4 +198,19 @@ pub fn along_sequence<T: Copy + Into<f64>>(t_bhcq: &Array4<T>, h: usize, l: usiz
     (0..l)
         .map(|t| t_bhcq[[0, h, t / q, t % q]].into())
         .collect()
+}
+
+/// Row 0, head `h` of each of the four contributions of `adj` along the sequence (length `l`),
+/// in `KERNELS` order.
+pub(super) fn parts_along<T: Copy + Into<f64>>(
+    adj: &AAdjoint<T>,
+    h: usize,
+    l: usize,
+) -> [Vec<f64>; 4] {
+    [&adj.intra, &adj.next, &adj.prev, &adj.chunk].map(|t| along_sequence(t, h, l))
+}
+
+/// `Σ_t c_t·Δ_t`: a contribution along the sequence, `c`, summed into `dA_h`.
+pub(super) fn times_delta(c: &[f64], delta: &[f64]) -> f64 {
+    c.iter().zip(delta).map(|(c, d)| c * d).sum()
 }

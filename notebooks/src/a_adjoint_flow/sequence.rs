@@ -2,8 +2,15 @@
 //! chunked float64 backward, and their sum beside the per-step adjoint of the literal recurrence
 //! (backpropagation through time, `ddA_t = exp(Δ_t A) ⟨G_t, H_{t−1}⟩`).
 
-use super::problem::{along_sequence, FlowProblem};
-use ssd_reference::{mamba_chunk_scan_combined_bwd, ssd_recurrent_bwd_with_dda, SsdError};
+use super::problem::{parts_along, FlowProblem};
+use ssd_reference::SsdError;
+
+mod figure;
+pub use figure::SequenceFigure;
+
+/// The head whose sequence the figures show: A = −1, the longest memory, where all four paths
+/// carry a visible share.
+pub const SHOWN_HEAD: usize = 0;
 
 /// One head's A adjoint along the sequence, split by producing kernel.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,24 +41,11 @@ pub struct SequenceFlow {
 pub fn sequence_flow(fp: &FlowProblem) -> Result<Vec<SequenceFlow>, SsdError> {
     let p = &fp.problem;
     let (_, l, nh, _) = p.x.dim();
-    let (_, adj) = mamba_chunk_scan_combined_bwd(
-        &p.inputs(),
-        &p.options,
-        fp.dout.view(),
-        Some(fp.dfinal_states.view()),
-    )?;
-    let (_, dda_blh) = ssd_recurrent_bwd_with_dda(
-        &p.inputs(),
-        &p.options,
-        fp.dout.view(),
-        Some(fp.dfinal_states.view()),
-    )?;
+    let (_, adj) = fp.chunked_backward()?;
+    let (_, dda_blh) = fp.recurrent_backward()?;
     Ok((0..nh)
         .map(|h| {
-            let intra = along_sequence(&adj.intra, h, l);
-            let next = along_sequence(&adj.next, h, l);
-            let prev = along_sequence(&adj.prev, h, l);
-            let chunk = along_sequence(&adj.chunk, h, l);
+            let [intra, next, prev, chunk] = parts_along(&adj, h, l);
             let sum: Vec<f64> = (0..l)
                 .map(|t| intra[t] + next[t] + prev[t] + chunk[t])
                 .collect();

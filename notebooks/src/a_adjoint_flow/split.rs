@@ -6,8 +6,11 @@
 //! `ε Σ|terms of L| / δ`; both are ≈ ε^{2/3} ≈ 4e-11 of the derivative's scale at
 //! `FD_STEP ≈ ε^{1/3}` (the argument of `ssd_verify`'s finite differences).
 
-use super::problem::{along_sequence, FlowProblem};
-use ssd_reference::{mamba_chunk_scan_combined_bwd, SsdError};
+use super::problem::{parts_along, times_delta, FlowProblem};
+use ssd_reference::SsdError;
+
+mod figure;
+pub use figure::SplitFigure;
 
 /// Relative step of the finite difference in `A_h`: ≈ ε^{1/3} (see the module docs).
 pub const FD_STEP: f64 = 6e-6;
@@ -19,6 +22,9 @@ pub const KERNELS: [&str; 4] = [
     "prev: chunk_scan_bwd_dc",
     "chunk: state_passing_bwd",
 ];
+
+/// Short names of the four producers, in [`KERNELS`] order.
+pub const SHORT: [&str; 4] = ["intra", "next", "prev", "chunk"];
 
 /// One head's `dA_h`, split by kernel.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,19 +56,12 @@ impl HeadSplit {
 pub fn head_split(fp: &FlowProblem) -> Result<Vec<HeadSplit>, SsdError> {
     let p = &fp.problem;
     let (_, l, nh, _) = p.x.dim();
-    let (grads, adj) = mamba_chunk_scan_combined_bwd(
-        &p.inputs(),
-        &p.options,
-        fp.dout.view(),
-        Some(fp.dfinal_states.view()),
-    )?;
+    let (grads, adj) = fp.chunked_backward()?;
     let mut out = Vec::with_capacity(nh);
     for h in 0..nh {
         let delta = fp.delta(h);
-        let parts = [&adj.intra, &adj.next, &adj.prev, &adj.chunk].map(|t| along_sequence(t, h, l));
-        let by_kernel = parts
-            .each_ref()
-            .map(|v| v.iter().zip(&delta).map(|(c, d)| c * d).sum::<f64>());
+        let parts = parts_along(&adj, h, l);
+        let by_kernel = parts.each_ref().map(|v| times_delta(v, &delta));
         let magnitude = (0..l)
             .map(|t| (parts.iter().map(|v| v[t]).sum::<f64>() * delta[t]).abs())
             .sum();

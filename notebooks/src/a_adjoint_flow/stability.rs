@@ -32,6 +32,12 @@ use ssd_verify::gen::{random_array, ProblemSpec};
 use ssd_verify::tolerance::rel_l2;
 use std::ops::{Add, AddAssign, Mul, Sub};
 
+mod figure;
+pub use figure::StabilityFigure;
+
+/// Uniform time step of the first stability sweep (the mean of upstream's Δ distribution).
+pub const UNIFORM_DT: f64 = 0.03;
+
 /// The arithmetic both forms need, in f32 or f64.
 pub trait Real:
     Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + AddAssign + Into<f64>
@@ -393,4 +399,20 @@ fn signal_ratio(p: &Problem<f64>, dout: &Array4<f64>, truth: &Array4<f64>) -> f6
     }
     let rms_truth = (truth.iter().map(|v| v * v).sum::<f64>() / (nb * l * nh) as f64).sqrt();
     rms_truth / (diag / (nb * l * nh) as f64).sqrt()
+}
+
+/// The κ of the first row whose closed-form f32 error exceeds `threshold`, per l.
+pub fn breakdown(rows: &[StabilityRow], threshold: f64) -> Vec<(usize, Option<f64>)> {
+    let mut ls: Vec<usize> = rows.iter().map(|r| r.seqlen).collect();
+    ls.dedup();
+    ls.into_iter()
+        .map(|l| {
+            let k = rows
+                .iter()
+                .filter(|r| r.seqlen == l && r.closed_f32 > threshold)
+                .map(|r| r.kappa)
+                .next();
+            (l, k)
+        })
+        .collect()
 }
