@@ -9,7 +9,7 @@
 //! order (and, for `chunk_scan_bwd_ddacs_stable`, `W = dCB_h ⊙ CB`).
 
 use super::pack::{decay_matrix, local_geom, pack_rows, transpose_packed, Cum, Scratch};
-use crate::forward::{flat, Geom};
+use crate::geom::{flat, Geom};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, store, V, W};
 use crate::tile::{fma_rows, for_tiles, TileOp};

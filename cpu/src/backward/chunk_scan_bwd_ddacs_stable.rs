@@ -13,7 +13,7 @@
 use super::chunk_scan_bwd_dcb::dcb_head;
 use super::chunk_scan_chunk_state_bwd_dx::pack_cb;
 use super::pack::{decay_matrix, local_geom, pack_rows, transpose_packed, Cum, Scratch};
-use crate::forward::flat;
+use crate::geom::flat;
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::mask_le;
 use crate::simd::{load, store, V, W};

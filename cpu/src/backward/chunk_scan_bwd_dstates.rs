@@ -10,7 +10,7 @@
 
 use super::pack::{local_geom, pack_rows, Cum, Scratch};
 use crate::forward::chunk_state::slabs_to_pn;
-use crate::forward::{flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::W;
 use crate::tile::product_cols_into;

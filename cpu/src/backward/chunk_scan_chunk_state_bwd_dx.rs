@@ -15,7 +15,7 @@
 use super::pack::{decay_matrix, group_tiles, local_geom, pack_rows, Cum, Scratch};
 use crate::forward::chunk_scan::d_table;
 use crate::forward::chunk_state::pn_to_slabs;
-use crate::forward::{flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, store, store_partial, V, W};
 use crate::tile::{fma_cols, fma_rows, for_tiles, TileOp};

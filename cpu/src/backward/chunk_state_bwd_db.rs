@@ -15,7 +15,7 @@ use super::pack::{
 };
 use super::row_scaled::{scaled_rows_product, RowScaled};
 use crate::forward::chunk_state::pn_to_slabs;
-use crate::forward::{flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, Axis};
