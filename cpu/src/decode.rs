@@ -7,7 +7,7 @@
 //! Per (row, head) tile, SIMD along n; the step streams the state once (read and write), so it
 //! is bound by memory bandwidth.
 
-use crate::forward::flat;
+use crate::geom::flat;
 use crate::par::{for_each_tile, Par};
 use crate::simd::{load, load_partial, process_dt, silu, store, store_partial, V, W};
 use crate::SsdError;

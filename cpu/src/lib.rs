@@ -37,6 +37,7 @@
 mod backward;
 mod decode;
 mod forward;
+mod geom;
 mod norm;
 mod par;
 mod simd;

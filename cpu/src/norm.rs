@@ -4,7 +4,7 @@
 //! `norm(v) = v / sqrt(mean(v²) + eps)`; with `norm_before_gate`: `out = norm(x) ⊙ w ⊙ silu(z)`,
 //! otherwise `out = norm(x ⊙ silu(z)) ⊙ w`. `swiglu(x, y) = silu(x) ⊙ y`.
 
-use crate::forward::flat;
+use crate::geom::flat;
 use crate::par::{for_each_tile, Par};
 use crate::simd::{load_partial, silu, store_partial, V, W};
 use crate::SsdError;

@@ -177,3 +177,9 @@ pub(crate) fn product_cols_into(
     };
     for_tiles(&mut op, rows, nvec);
 }
+
+/// The first column `l` (a multiple of 8) of row `s` of a causal `CBᵀ` / `Mᵀ` block that the
+/// register tiles of `chunk_scan` read: `l ≥ s − MR`.
+pub(crate) fn first_col(s: usize) -> usize {
+    (s.saturating_sub(MR) / W) * W
+}

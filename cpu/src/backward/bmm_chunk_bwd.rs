@@ -12,7 +12,7 @@
 
 use super::chunk_scan_chunk_state_bwd_dx::pack_cb;
 use super::pack::{group_tiles, local_geom, nnp, pack_rows, unpack_rows, Scratch};
-use crate::forward::{flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, Par};
 use crate::simd::{load, store, V, W};
 use crate::tile::{fma_cols, fma_rows, for_tiles, TileOp};

@@ -9,7 +9,7 @@
 //! forward's `chunk_cumsum` does); the per-tile sums are added over the batch in row order.
 
 use super::pack::local_geom;
-use crate::forward::{flat, Geom};
+use crate::geom::{flat, Geom};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::SsdError;
 use ndarray::{Array1, Array3, ArrayView1, ArrayView3, ArrayView4};

@@ -10,17 +10,15 @@
 //! Per (batch, chunk, head): `dC_h = diag(e) dY P` register-blocked over rows `l` and vectors of
 //! n, added to the group's `dC` in head order, with `V_l = rowsum(dC_h ⊙ C)` in the epilogue.
 
-use super::pack::{
-    group_tiles, local_geom, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum, Scratch,
-};
+use super::driver::{check_bc_q, check_seq, group_tiles_head_rows, seq, seq_ids, GroupTile};
+use super::pack::{group_tiles, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum, Scratch};
 use super::row_scaled::{scaled_rows_product, RowScaled};
 use crate::forward::chunk_state::pn_to_slabs;
-use crate::forward::{flat, Geom, Seq};
-use crate::par::{for_each_tile, split_mut, Par};
+use crate::geom::{flat, Geom};
+use crate::par::Par;
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, Axis};
-use ssd_reference::chunking::check_bhcq;
-use ssd_reference::validate::{check_groups, check_shape};
+use ssd_reference::validate::check_shape;
 
 /// Adds `diag(e_prev) dY P` of one head to `s.dc` and writes `V` into `s.v[..len]`.
 ///
@@ -48,93 +46,58 @@ pub fn chunk_scan_bwd_dc(
     seq_idx: Option<ArrayView2<'_, i32>>,
     par: Par,
 ) -> Result<(Array4<f32>, Array4<f32>), SsdError> {
-    let (nb, l, nh, np) = dy_blhp.dim();
-    let (_, _, ng, nn) = c_blgn.dim();
-    check_shape("C", &[nb, l, ng, nn], c_blgn.shape())?;
-    check_groups(nh, ng)?;
-    let (nc, q) = check_bhcq("dA_cumsum", dacs_bhcq.shape(), nb, nh, l)?;
+    let g = check_bc_q(&dy_blhp, "C", &c_blgn, "dA_cumsum", dacs_bhcq.shape())?;
+    let (nb, l, nh, np, ng, nn, nc) = (g.nb, g.l, g.nh, g.np, g.ng, g.nn, g.nc);
     check_shape("states", &[nb, nc, nh, np, nn], prev_states_bchpn.shape())?;
-    if let Some(s) = &seq_idx {
-        check_shape("seq_idx", &[nb, l], s.shape())?;
-    }
-    let g = local_geom(
-        ssd_reference::Dims {
-            batch: nb,
-            seqlen: l,
-            nheads: nh,
-            headdim: np,
-            ngroups: ng,
-            dstate: nn,
-        },
-        q,
-    );
+    check_seq(&seq_idx, &g)?;
     let (hi, cm, dy) = (flat(&dacs_bhcq), flat(&c_blgn), flat(&dy_blhp));
     let mut prev = vec![0.0f32; nb * nc * nh * g.slab()];
     pn_to_slabs(&g, &flat(&prev_states_bchpn), &mut prev);
-    let ids = seq_idx.as_ref().map(flat);
-    let seq = Seq {
-        ids: ids.as_deref(),
-        l,
-        q,
-    };
+    let ids = seq_ids(&seq_idx);
+    let seq = seq(&g, &ids);
     let cum = Cum {
         dt: &hi,
         hi: &hi,
         lo: None,
     };
-    let (hpg, nnp) = (g.hpg(), nnp(&g));
+    let (hpg, nnp, q) = (g.hpg(), nnp(&g), g.q);
     let mut dc = Array4::<f32>::zeros((nb, l, ng, nn));
-    let mut v_bchq = vec![0.0f32; nb * nc * nh * q];
-    let tiles: Vec<_> = group_tiles(&g, dc.view_mut(), 1)
-        .into_iter()
-        .zip(split_mut(&mut v_bchq, nb * nc * ng, hpg * q))
-        .enumerate()
-        .collect();
-    for_each_tile(
-        par,
-        tiles,
-        || Scratch::new(&g),
-        |s, (i, (dct, vout))| {
-            let (b, c, hg) = (i / (nc * ng), (i / ng) % nc, i % ng);
-            let (t0, len) = g.chunk(c);
+    let tiles = group_tiles(&g, dc.view_mut(), 1);
+    let v = group_tiles_head_rows(&g, par, tiles, |s, t, dct, vout| {
+        let GroupTile {
+            b, c, hg, t0, len, ..
+        } = t;
+        pack_rows(
+            &cm,
+            g.bc_at(b, t0, hg),
+            ng * nn,
+            nn,
+            len,
+            nnp,
+            None,
+            &mut s.cp,
+        );
+        s.dc[..len * nnp].fill(0.0);
+        for j in 0..hpg {
+            let h = hg * hpg + j;
+            s.load_head(&g, cum, b, h, c);
+            let any_prev = s.decay_prev(&g, seq, b, c);
             pack_rows(
-                &cm,
-                g.bc_at(b, t0, hg),
-                ng * nn,
-                nn,
+                &dy,
+                g.x_at(b, t0, h),
+                nh * np,
+                np,
                 len,
-                nnp,
+                g.pp,
                 None,
-                &mut s.cp,
+                &mut s.dy,
             );
-            s.dc[..len * nnp].fill(0.0);
-            for j in 0..hpg {
-                let h = hg * hpg + j;
-                s.load_head(&g, cum, b, h, c);
-                let any_prev = s.decay_prev(&g, seq, b, c);
-                pack_rows(
-                    &dy,
-                    g.x_at(b, t0, h),
-                    nh * np,
-                    np,
-                    len,
-                    g.pp,
-                    None,
-                    &mut s.dy,
-                );
-                let slab = &prev[((b * nc + c) * nh + h) * g.slab()..][..g.slab()];
-                slab_to_pn_padded(slab, nn, np, g.pp, nnp, &mut s.p_t);
-                dc_head(&g, len, s, any_prev);
-                vout[j * q..j * q + len].copy_from_slice(&s.v[..len]);
-            }
-            unpack_rows(&s.dc, nnp, &mut dct.index_axis_move(Axis(1), 0));
-        },
-    );
-    let mut v = Array4::<f32>::zeros((nb, nh, nc, q));
-    super::pack::bchq_to_bhcq(
-        &g,
-        &v_bchq,
-        v.as_slice_mut().expect("owned array is contiguous"),
-    );
+            let slab = &prev[((b * nc + c) * nh + h) * g.slab()..][..g.slab()];
+            slab_to_pn_padded(slab, nn, np, g.pp, nnp, &mut s.p_t);
+            dc_head(&g, len, s, any_prev);
+            vout[j * q..j * q + len].copy_from_slice(&s.v[..len]);
+        }
+        unpack_rows(&s.dc, nnp, &mut dct.index_axis_move(Axis(1), 0));
+    });
     Ok((dc, v))
 }

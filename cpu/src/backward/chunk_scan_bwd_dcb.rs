@@ -8,9 +8,10 @@
 //! causal blocks only, with the epilogue `dCB_h = G ⊙ E ⊙ Δ` added to the group's `dCB` in head
 //! order (and, for `chunk_scan_bwd_ddacs_stable`, `W = dCB_h ⊙ CB`).
 
-use super::pack::{decay_matrix, local_geom, pack_rows, transpose_packed, Cum, Scratch};
-use crate::forward::{flat, Geom};
-use crate::par::{for_each_tile, split_mut, Par};
+use super::driver::{for_each_group_tile, geom, GroupTile};
+use super::pack::{decay_matrix, pack_rows, transpose_packed, Cum, Scratch};
+use crate::geom::{flat, Geom};
+use crate::par::{split_mut, Par};
 use crate::simd::{load, store, V, W};
 use crate::tile::{fma_rows, for_tiles, TileOp};
 use crate::SsdError;
@@ -97,18 +98,7 @@ pub fn chunk_scan_bwd_dcb(
     let (nc, q) = check_bhcq("dt", dt_bhcq.shape(), nb, nh, l)?;
     check_shape("dA_cumsum", dt_bhcq.shape(), dacs_bhcq.shape())?;
     check_shape("dout", &[nb, l, nh, np], dy_blhp.shape())?;
-    let ng = ngroups;
-    let g = local_geom(
-        ssd_reference::Dims {
-            batch: nb,
-            seqlen: l,
-            nheads: nh,
-            headdim: np,
-            ngroups: ng,
-            dstate: 0,
-        },
-        q,
-    );
+    let g = geom(nb, l, nh, np, ngroups, 0, q);
     let (x, dt, hi, dy) = (
         flat(&x_blhp),
         flat(&dt_bhcq),
@@ -121,37 +111,30 @@ pub fn chunk_scan_bwd_dcb(
         lo: None,
     };
     let hpg = g.hpg();
-    let mut out = Array5::<f32>::zeros((nb, nc, ng, q, q));
-    let tiles: Vec<_> = split_mut(
+    let mut out = Array5::<f32>::zeros((nb, nc, ngroups, q, q));
+    let tiles = split_mut(
         out.as_slice_mut().expect("owned array is contiguous"),
-        nb * nc * ng,
+        nb * nc * ngroups,
         q * q,
-    )
-    .into_iter()
-    .enumerate()
-    .collect();
-    for_each_tile(
-        par,
-        tiles,
-        || Scratch::new(&g),
-        |s, (i, blk)| {
-            let (b, c, hg) = (i / (nc * ng), (i / ng) % nc, i % ng);
-            let (t0, len) = g.chunk(c);
-            s.dcb[..len * g.qp].fill(0.0);
-            for j in 0..hpg {
-                let h = hg * hpg + j;
-                s.load_head(&g, cum, b, h, c);
-                decay_matrix(&s.hi, &s.lo, len, g.qp, &mut s.emat, None);
-                let first = g.x_at(b, t0, h);
-                pack_rows(&dy, first, nh * np, np, len, g.pp, None, &mut s.dy);
-                pack_rows(&x, first, nh * np, np, len, g.pp, None, &mut s.xp);
-                transpose_packed(&s.xp, len, np, g.pp, g.qp, &mut s.xt);
-                dcb_head(&g, len, s, None, false);
-            }
-            for li in 0..len {
-                blk[li * q..li * q + len].copy_from_slice(&s.dcb[li * g.qp..li * g.qp + len]);
-            }
-        },
     );
+    for_each_group_tile(&g, par, tiles, |s, t, blk| {
+        let GroupTile {
+            b, c, hg, t0, len, ..
+        } = t;
+        s.dcb[..len * g.qp].fill(0.0);
+        for j in 0..hpg {
+            let h = hg * hpg + j;
+            s.load_head(&g, cum, b, h, c);
+            decay_matrix(&s.hi, &s.lo, len, g.qp, &mut s.emat, None);
+            let first = g.x_at(b, t0, h);
+            pack_rows(&dy, first, nh * np, np, len, g.pp, None, &mut s.dy);
+            pack_rows(&x, first, nh * np, np, len, g.pp, None, &mut s.xp);
+            transpose_packed(&s.xp, len, np, g.pp, g.qp, &mut s.xt);
+            dcb_head(&g, len, s, None, false);
+        }
+        for li in 0..len {
+            blk[li * q..li * q + len].copy_from_slice(&s.dcb[li * g.qp..li * g.qp + len]);
+        }
+    });
     Ok(out)
 }

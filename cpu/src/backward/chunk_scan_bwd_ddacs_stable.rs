@@ -12,9 +12,10 @@
 
 use super::chunk_scan_bwd_dcb::dcb_head;
 use super::chunk_scan_chunk_state_bwd_dx::pack_cb;
-use super::pack::{decay_matrix, local_geom, pack_rows, transpose_packed, Cum, Scratch};
-use crate::forward::flat;
-use crate::par::{for_each_tile, split_mut, Par};
+use super::driver::{geom, group_tiles_head_rows, GroupTile};
+use super::pack::{decay_matrix, pack_rows, transpose_packed, Cum};
+use crate::geom::flat;
+use crate::par::Par;
 use crate::simd::mask_le;
 use crate::simd::{load, store, V, W};
 use crate::SsdError;
@@ -62,17 +63,7 @@ pub fn chunk_scan_bwd_ddacs_stable(
     let ng = cb_bcgqq.shape()[2];
     check_groups(nh, ng)?;
     check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
-    let g = local_geom(
-        ssd_reference::Dims {
-            batch: nb,
-            seqlen: l,
-            nheads: nh,
-            headdim: np,
-            ngroups: ng,
-            dstate: 0,
-        },
-        q,
-    );
+    let g = geom(nb, l, nh, np, ng, 0, q);
     let (x, dt, hi, dy, cb) = (
         flat(&x_blhp),
         flat(&dt_bhcq),
@@ -86,44 +77,35 @@ pub fn chunk_scan_bwd_ddacs_stable(
         lo: None,
     };
     let hpg = g.hpg();
-    let mut intra_bchq = vec![0.0f32; nb * nc * nh * q];
-    let tiles: Vec<_> = split_mut(&mut intra_bchq, nb * nc * ng, hpg * q)
-        .into_iter()
-        .enumerate()
-        .collect();
-    for_each_tile(
-        par,
-        tiles,
-        || Scratch::new(&g),
-        |s, (i, out)| {
-            let (b, c, hg) = (i / (nc * ng), (i / ng) % nc, i % ng);
-            let (t0, len) = g.chunk(c);
-            pack_cb(&cb, i, q, g.qp, &mut s.cb);
-            s.dcb[..len * g.qp].fill(0.0);
-            for j in 0..hpg {
-                let h = hg * hpg + j;
-                s.load_head(&g, cum, b, h, c);
-                decay_matrix(&s.hi, &s.lo, len, g.qp, &mut s.emat, None);
-                let first = g.x_at(b, t0, h);
-                pack_rows(&dy, first, nh * np, np, len, g.pp, None, &mut s.dy);
-                pack_rows(&x, first, nh * np, np, len, g.pp, None, &mut s.xp);
-                transpose_packed(&s.xp, len, np, g.pp, g.qp, &mut s.xt);
-                dcb_head(&g, len, s, None, true);
-                intra_head(
-                    &s.wmat,
-                    g.qp,
-                    len,
-                    &mut s.colacc,
-                    &mut out[j * q..(j + 1) * q],
-                );
-            }
-        },
-    );
-    let mut intra = Array4::<f32>::zeros((nb, nh, nc, q));
-    super::pack::bchq_to_bhcq(
-        &g,
-        &intra_bchq,
-        intra.as_slice_mut().expect("owned array is contiguous"),
-    );
+    let tiles = vec![(); nb * nc * ng];
+    let intra = group_tiles_head_rows(&g, par, tiles, |s, t, (), out| {
+        let GroupTile {
+            i,
+            b,
+            c,
+            hg,
+            t0,
+            len,
+        } = t;
+        pack_cb(&cb, i, q, g.qp, &mut s.cb);
+        s.dcb[..len * g.qp].fill(0.0);
+        for j in 0..hpg {
+            let h = hg * hpg + j;
+            s.load_head(&g, cum, b, h, c);
+            decay_matrix(&s.hi, &s.lo, len, g.qp, &mut s.emat, None);
+            let first = g.x_at(b, t0, h);
+            pack_rows(&dy, first, nh * np, np, len, g.pp, None, &mut s.dy);
+            pack_rows(&x, first, nh * np, np, len, g.pp, None, &mut s.xp);
+            transpose_packed(&s.xp, len, np, g.pp, g.qp, &mut s.xt);
+            dcb_head(&g, len, s, None, true);
+            intra_head(
+                &s.wmat,
+                g.qp,
+                len,
+                &mut s.colacc,
+                &mut out[j * q..(j + 1) * q],
+            );
+        }
+    });
     Ok(intra)
 }

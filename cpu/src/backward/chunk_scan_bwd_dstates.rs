@@ -8,16 +8,15 @@
 //! Per (batch, chunk, head) tile: `dYe = diag(e) dY` packed (len × p), then the (n, p) slab
 //! `dPᵀ = Cᵀ dYe`, register-blocked with p along the vectors (the layout of `chunk_state`).
 
-use super::pack::{local_geom, pack_rows, Cum, Scratch};
+use super::driver::{check_bc_q, check_seq, seq, seq_ids};
+use super::pack::{pack_rows, Cum, Scratch};
 use crate::forward::chunk_state::slabs_to_pn;
-use crate::forward::{flat, Geom, Seq};
+use crate::geom::{flat, Geom};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::W;
 use crate::tile::product_cols_into;
 use crate::SsdError;
 use ndarray::{Array5, ArrayView2, ArrayView4};
-use ssd_reference::chunking::check_bhcq;
-use ssd_reference::validate::{check_groups, check_shape};
 
 /// The (n, pp) slab `dPᵀ = Cᵀ dYe` of one (b, c, h) from `dye` (len × pp, rows already scaled by
 /// `e_prev`); `any` false means every `e_prev` is 0 (the slab is 0).
@@ -58,32 +57,12 @@ pub fn chunk_scan_bwd_dstates(
     seq_idx: Option<ArrayView2<'_, i32>>,
     par: Par,
 ) -> Result<Array5<f32>, SsdError> {
-    let (nb, l, nh, np) = dy_blhp.dim();
-    let (_, _, ng, nn) = c_blgn.dim();
-    check_shape("C", &[nb, l, ng, nn], c_blgn.shape())?;
-    check_groups(nh, ng)?;
-    let (nc, q) = check_bhcq("dA_cumsum", dacs_bhcq.shape(), nb, nh, l)?;
-    if let Some(s) = &seq_idx {
-        check_shape("seq_idx", &[nb, l], s.shape())?;
-    }
-    let g = local_geom(
-        ssd_reference::Dims {
-            batch: nb,
-            seqlen: l,
-            nheads: nh,
-            headdim: np,
-            ngroups: ng,
-            dstate: nn,
-        },
-        q,
-    );
+    let g = check_bc_q(&dy_blhp, "C", &c_blgn, "dA_cumsum", dacs_bhcq.shape())?;
+    let (nb, nh, np, nn, nc) = (g.nb, g.nh, g.np, g.nn, g.nc);
+    check_seq(&seq_idx, &g)?;
     let (cm, dy, hi) = (flat(&c_blgn), flat(&dy_blhp), flat(&dacs_bhcq));
-    let ids = seq_idx.as_ref().map(flat);
-    let seq = Seq {
-        ids: ids.as_deref(),
-        l,
-        q,
-    };
+    let ids = seq_ids(&seq_idx);
+    let seq = seq(&g, &ids);
     let cum = Cum {
         dt: &hi,
         hi: &hi,

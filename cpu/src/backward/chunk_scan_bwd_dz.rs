@@ -7,7 +7,7 @@
 //! Elementwise along p (SIMD); `dD` is summed per tile in f32 lanes and the tiles' partial sums
 //! in f64 in tile order.
 
-use crate::forward::flat;
+use crate::geom::flat;
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load_partial, pad, store_partial, V, W};
 use crate::SsdError;

@@ -12,17 +12,17 @@
 //! `G = diag(e_state) B dSᵀ + Mᵀ dY` with `M[l, s] = CB[l, s] E[l, s]` (only `l ≥ s`, read
 //! column-wise), then the epilogue `dx = diag(Δ) G + D ⊙ dY` and `ddt_direct = rowsum(G ⊙ X)`.
 
-use super::pack::{decay_matrix, group_tiles, local_geom, pack_rows, Cum, Scratch};
+use super::driver::{check_bc_q, check_seq, group_tiles_head_rows, seq, seq_ids, GroupTile};
+use super::pack::{decay_matrix, group_tiles, pack_rows, Cum, Scratch};
 use crate::forward::chunk_scan::d_table;
 use crate::forward::chunk_state::pn_to_slabs;
-use crate::forward::{flat, Geom, Seq};
-use crate::par::{for_each_tile, split_mut, Par};
+use crate::geom::{flat, Geom};
+use crate::par::Par;
 use crate::simd::{load, store, store_partial, V, W};
 use crate::tile::{fma_cols, fma_rows, for_tiles, TileOp};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, ArrayViewD, ArrayViewMut2, Axis};
-use ssd_reference::chunking::check_bhcq;
-use ssd_reference::validate::{check_d, check_groups, check_shape};
+use ssd_reference::validate::{check_d, check_shape};
 
 /// What [`dx_head`] reads besides the scratch.
 pub(crate) struct DxArgs<'a> {
@@ -147,11 +147,8 @@ pub fn chunk_scan_chunk_state_bwd_dx(
     seq_idx: Option<ArrayView2<'_, i32>>,
     par: Par,
 ) -> Result<(Array4<f32>, Array4<f32>), SsdError> {
-    let (nb, l, nh, np) = x_blhp.dim();
-    let (_, _, ng, nn) = b_blgn.dim();
-    check_shape("B", &[nb, l, ng, nn], b_blgn.shape())?;
-    check_groups(nh, ng)?;
-    let (nc, q) = check_bhcq("dt", dt_bhcq.shape(), nb, nh, l)?;
+    let g = check_bc_q(&x_blhp, "B", &b_blgn, "dt", dt_bhcq.shape())?;
+    let (nb, l, nh, np, ng, nn, nc, q) = (g.nb, g.l, g.nh, g.np, g.ng, g.nn, g.nc, g.q);
     check_shape("dA_cumsum", dt_bhcq.shape(), dacs_bhcq.shape())?;
     check_shape("CB", &[nb, nc, ng, q, q], cb_bcgqq.shape())?;
     check_shape("dout", &[nb, l, nh, np], dy_blhp.shape())?;
@@ -159,20 +156,7 @@ pub fn chunk_scan_chunk_state_bwd_dx(
     if let Some(d) = &d {
         check_d(d, nh, np)?;
     }
-    if let Some(s) = &seq_idx {
-        check_shape("seq_idx", &[nb, l], s.shape())?;
-    }
-    let g = local_geom(
-        ssd_reference::Dims {
-            batch: nb,
-            seqlen: l,
-            nheads: nh,
-            headdim: np,
-            ngroups: ng,
-            dstate: nn,
-        },
-        q,
-    );
+    check_seq(&seq_idx, &g)?;
     let (x, dt, hi, bm, cb, dy) = (
         flat(&x_blhp),
         flat(&dt_bhcq),
@@ -184,12 +168,8 @@ pub fn chunk_scan_chunk_state_bwd_dx(
     let mut ds = vec![0.0f32; nb * nc * nh * g.slab()];
     pn_to_slabs(&g, &flat(&dstates_bchpn), &mut ds);
     let dtab = d.as_ref().map(|d| d_table(d, nh, np, g.pp));
-    let ids = seq_idx.as_ref().map(flat);
-    let seq = Seq {
-        ids: ids.as_deref(),
-        l,
-        q,
-    };
+    let ids = seq_ids(&seq_idx);
+    let seq = seq(&g, &ids);
     let cum = Cum {
         dt: &dt,
         hi: &hi,
@@ -197,53 +177,43 @@ pub fn chunk_scan_chunk_state_bwd_dx(
     };
     let hpg = g.hpg();
     let mut dx = Array4::<f32>::zeros((nb, l, nh, np));
-    let mut ddt_bchq = vec![0.0f32; nb * nc * nh * q];
-    let tiles: Vec<_> = group_tiles(&g, dx.view_mut(), hpg)
-        .into_iter()
-        .zip(split_mut(&mut ddt_bchq, nb * nc * ng, hpg * q))
-        .enumerate()
-        .collect();
-    for_each_tile(
-        par,
-        tiles,
-        || Scratch::new(&g),
-        |s, (i, (mut dxt, ddt))| {
-            let (b, c, hg) = (i / (nc * ng), (i / ng) % nc, i % ng);
-            let (t0, len) = g.chunk(c);
-            pack_cb(&cb, i, q, g.qp, &mut s.cb);
-            for j in 0..hpg {
-                let h = hg * hpg + j;
-                s.load_head(&g, cum, b, h, c);
-                let any_state = s.decay_state(&g, seq, b, c);
-                decay_matrix(
-                    &s.hi,
-                    &s.lo,
-                    len,
-                    g.qp,
-                    &mut s.emat,
-                    Some((&s.cb, &mut s.mmat)),
-                );
-                let first = g.x_at(b, t0, h);
-                pack_rows(&dy, first, nh * np, np, len, g.pp, None, &mut s.dy);
-                pack_rows(&x, first, nh * np, np, len, g.pp, None, &mut s.xp);
-                let args = DxArgs {
-                    bm: &bm[g.bc_at(b, t0, hg)..],
-                    brs: ng * nn,
-                    ds: &ds[((b * nc + c) * nh + h) * g.slab()..][..g.slab()],
-                    any_state,
-                    d: dtab.as_deref().map(|t| &t[h * g.pp..(h + 1) * g.pp]),
-                };
-                let mut dxh = dxt.index_axis_mut(Axis(1), j);
-                dx_head(&g, len, s, &args, &mut dxh);
-                ddt[j * q..j * q + len].copy_from_slice(&s.ddt[..len]);
-            }
-        },
-    );
-    let mut ddt = Array4::<f32>::zeros((nb, nh, nc, q));
-    super::pack::bchq_to_bhcq(
-        &g,
-        &ddt_bchq,
-        ddt.as_slice_mut().expect("owned array is contiguous"),
-    );
+    let tiles = group_tiles(&g, dx.view_mut(), hpg);
+    let ddt = group_tiles_head_rows(&g, par, tiles, |s, t, mut dxt, ddt| {
+        let GroupTile {
+            i,
+            b,
+            c,
+            hg,
+            t0,
+            len,
+        } = t;
+        pack_cb(&cb, i, q, g.qp, &mut s.cb);
+        for j in 0..hpg {
+            let h = hg * hpg + j;
+            s.load_head(&g, cum, b, h, c);
+            let any_state = s.decay_state(&g, seq, b, c);
+            decay_matrix(
+                &s.hi,
+                &s.lo,
+                len,
+                g.qp,
+                &mut s.emat,
+                Some((&s.cb, &mut s.mmat)),
+            );
+            let first = g.x_at(b, t0, h);
+            pack_rows(&dy, first, nh * np, np, len, g.pp, None, &mut s.dy);
+            pack_rows(&x, first, nh * np, np, len, g.pp, None, &mut s.xp);
+            let args = DxArgs {
+                bm: &bm[g.bc_at(b, t0, hg)..],
+                brs: ng * nn,
+                ds: &ds[((b * nc + c) * nh + h) * g.slab()..][..g.slab()],
+                any_state,
+                d: dtab.as_deref().map(|t| &t[h * g.pp..(h + 1) * g.pp]),
+            };
+            let mut dxh = dxt.index_axis_mut(Axis(1), j);
+            dx_head(&g, len, s, &args, &mut dxh);
+            ddt[j * q..j * q + len].copy_from_slice(&s.ddt[..len]);
+        }
+    });
     Ok((dx, ddt))
 }

@@ -9,18 +9,17 @@
 //! Per (batch, chunk, head): `dB_h = diag(w) X dS` register-blocked over rows `s` and vectors of
 //! n, added to the group's `dB` in head order, with `U_s = rowsum(dB_h ⊙ B)` in the epilogue.
 
+use super::driver::{check_bc_q, check_seq, group_tiles_head_rows, seq, seq_ids, GroupTile};
 use super::pack::{
-    exclusive_prefix, group_tiles, local_geom, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum,
-    Scratch,
+    exclusive_prefix, group_tiles, nnp, pack_rows, slab_to_pn_padded, unpack_rows, Cum, Scratch,
 };
 use super::row_scaled::{scaled_rows_product, RowScaled};
 use crate::forward::chunk_state::pn_to_slabs;
-use crate::forward::{flat, Geom, Seq};
-use crate::par::{for_each_tile, split_mut, Par};
+use crate::geom::{flat, Geom};
+use crate::par::Par;
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, Axis};
-use ssd_reference::chunking::check_bhcq;
-use ssd_reference::validate::{check_groups, check_shape};
+use ssd_reference::validate::check_shape;
 
 /// Adds `diag(w) X dS` of one head to `s.db` and writes `U` into `s.u[..len]`.
 ///
@@ -50,27 +49,11 @@ pub fn chunk_state_bwd_db(
     seq_idx: Option<ArrayView2<'_, i32>>,
     par: Par,
 ) -> Result<(Array4<f32>, Array4<f32>), SsdError> {
-    let (nb, l, nh, np) = x_blhp.dim();
-    let (_, _, ng, nn) = b_blgn.dim();
-    check_shape("B", &[nb, l, ng, nn], b_blgn.shape())?;
-    check_groups(nh, ng)?;
-    let (nc, q) = check_bhcq("dt", dt_bhcq.shape(), nb, nh, l)?;
+    let g = check_bc_q(&x_blhp, "B", &b_blgn, "dt", dt_bhcq.shape())?;
+    let (nb, l, nh, np, ng, nn, nc) = (g.nb, g.l, g.nh, g.np, g.ng, g.nn, g.nc);
     check_shape("dA_cumsum", dt_bhcq.shape(), dacs_bhcq.shape())?;
     check_shape("dstates", &[nb, nc, nh, np, nn], dstates_bchpn.shape())?;
-    if let Some(s) = &seq_idx {
-        check_shape("seq_idx", &[nb, l], s.shape())?;
-    }
-    let g = local_geom(
-        ssd_reference::Dims {
-            batch: nb,
-            seqlen: l,
-            nheads: nh,
-            headdim: np,
-            ngroups: ng,
-            dstate: nn,
-        },
-        q,
-    );
+    check_seq(&seq_idx, &g)?;
     let (x, dt, hi, bm) = (
         flat(&x_blhp),
         flat(&dt_bhcq),
@@ -79,70 +62,51 @@ pub fn chunk_state_bwd_db(
     );
     let mut ds = vec![0.0f32; nb * nc * nh * g.slab()];
     pn_to_slabs(&g, &flat(&dstates_bchpn), &mut ds);
-    let ids = seq_idx.as_ref().map(flat);
-    let seq = Seq {
-        ids: ids.as_deref(),
-        l,
-        q,
-    };
+    let ids = seq_ids(&seq_idx);
+    let seq = seq(&g, &ids);
     let cum = Cum {
         dt: &dt,
         hi: &hi,
         lo: None,
     };
-    let (hpg, nnp) = (g.hpg(), nnp(&g));
+    let (hpg, nnp, q) = (g.hpg(), nnp(&g), g.q);
     let mut db = Array4::<f32>::zeros((nb, l, ng, nn));
-    let mut next_bchq = vec![0.0f32; nb * nc * nh * q];
-    let tiles: Vec<_> = group_tiles(&g, db.view_mut(), 1)
-        .into_iter()
-        .zip(split_mut(&mut next_bchq, nb * nc * ng, hpg * q))
-        .enumerate()
-        .collect();
-    for_each_tile(
-        par,
-        tiles,
-        || Scratch::new(&g),
-        |s, (i, (dbt, next))| {
-            let (b, c, hg) = (i / (nc * ng), (i / ng) % nc, i % ng);
-            let (t0, len) = g.chunk(c);
+    let tiles = group_tiles(&g, db.view_mut(), 1);
+    let next = group_tiles_head_rows(&g, par, tiles, |s, t, dbt, next| {
+        let GroupTile {
+            b, c, hg, t0, len, ..
+        } = t;
+        pack_rows(
+            &bm,
+            g.bc_at(b, t0, hg),
+            ng * nn,
+            nn,
+            len,
+            nnp,
+            None,
+            &mut s.bp,
+        );
+        s.db[..len * nnp].fill(0.0);
+        for j in 0..hpg {
+            let h = hg * hpg + j;
+            s.load_head(&g, cum, b, h, c);
+            let any_state = s.decay_state(&g, seq, b, c);
             pack_rows(
-                &bm,
-                g.bc_at(b, t0, hg),
-                ng * nn,
-                nn,
+                &x,
+                g.x_at(b, t0, h),
+                nh * np,
+                np,
                 len,
-                nnp,
+                g.pp,
                 None,
-                &mut s.bp,
+                &mut s.xp,
             );
-            s.db[..len * nnp].fill(0.0);
-            for j in 0..hpg {
-                let h = hg * hpg + j;
-                s.load_head(&g, cum, b, h, c);
-                let any_state = s.decay_state(&g, seq, b, c);
-                pack_rows(
-                    &x,
-                    g.x_at(b, t0, h),
-                    nh * np,
-                    np,
-                    len,
-                    g.pp,
-                    None,
-                    &mut s.xp,
-                );
-                let slab = &ds[((b * nc + c) * nh + h) * g.slab()..][..g.slab()];
-                slab_to_pn_padded(slab, nn, np, g.pp, nnp, &mut s.ds_t);
-                db_head(&g, len, s, any_state);
-                exclusive_prefix(&s.u, len, &mut next[j * q..(j + 1) * q]);
-            }
-            unpack_rows(&s.db, nnp, &mut dbt.index_axis_move(Axis(1), 0));
-        },
-    );
-    let mut next = Array4::<f32>::zeros((nb, nh, nc, q));
-    super::pack::bchq_to_bhcq(
-        &g,
-        &next_bchq,
-        next.as_slice_mut().expect("owned array is contiguous"),
-    );
+            let slab = &ds[((b * nc + c) * nh + h) * g.slab()..][..g.slab()];
+            slab_to_pn_padded(slab, nn, np, g.pp, nnp, &mut s.ds_t);
+            db_head(&g, len, s, any_state);
+            exclusive_prefix(&s.u, len, &mut next[j * q..(j + 1) * q]);
+        }
+        unpack_rows(&s.db, nnp, &mut dbt.index_axis_move(Axis(1), 0));
+    });
     Ok((db, next))
 }

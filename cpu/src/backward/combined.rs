@@ -34,7 +34,7 @@ use crate::forward::chunk_cumsum::chunk_cumsum_core;
 use crate::forward::chunk_scan::d_table;
 use crate::forward::chunk_state::{chunk_state_core, StateArgs};
 use crate::forward::state_passing::state_passing_core;
-use crate::forward::{ensure, flat, Geom, Seq};
+use crate::geom::{ensure, flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, load_partial, prefetch_range, store, store_partial, V, W};
 use crate::tile::{fma_rows, for_tiles, TileOp};

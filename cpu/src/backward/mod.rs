@@ -22,6 +22,7 @@ pub(crate) mod chunk_scan_bwd_dz;
 pub(crate) mod chunk_scan_chunk_state_bwd_dx;
 pub(crate) mod chunk_state_bwd_db;
 pub(crate) mod combined;
+mod driver;
 pub(crate) mod pack;
 pub(crate) mod rmsnorm_gated_bwd;
 mod row_scaled;

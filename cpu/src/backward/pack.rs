@@ -5,7 +5,7 @@
 //!
 //! Every packed matrix is zero in its padding, so register tiles may read whole vectors.
 
-use crate::forward::{Geom, Seq};
+use crate::geom::{Geom, Seq};
 use crate::simd::mask_le;
 use crate::simd::{exp_nonpos, load, load_partial, pad, prefetch_range, store, V, W};
 use ndarray::{ArrayViewMut, ArrayViewMut3, ArrayViewMut4, Axis, RemoveAxis};

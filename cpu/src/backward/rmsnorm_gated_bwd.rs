@@ -13,7 +13,7 @@
 //! f64 in tile order.
 
 use super::chunk_scan_bwd_dz::sigmoid;
-use crate::forward::flat;
+use crate::geom::flat;
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load_partial, store_partial, V, W};
 use crate::SsdError;

@@ -5,7 +5,7 @@
 //! `dC_h = diag(e) dY P` with `V = rowsum(dC_h ⊙ C)`.
 
 use super::pack::nnp;
-use crate::forward::Geom;
+use crate::geom::Geom;
 use crate::simd::{load, store, V, W};
 use crate::tile::{fma_rows, for_tiles, TileOp};
 

@@ -13,7 +13,7 @@
 
 use super::pack::local_geom;
 use crate::forward::chunk_state::{pn_to_slabs, slabs_to_pn};
-use crate::forward::{flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, store, V, W};
 use crate::SsdError;

@@ -3,7 +3,7 @@
 //! consecutive elements.
 
 use super::chunk_scan_bwd_dz::sigmoid;
-use crate::forward::flat;
+use crate::geom::flat;
 use crate::par::{for_each_tile, Par};
 use crate::simd::{load_partial, store_partial, V, W};
 use crate::SsdError;

@@ -7,10 +7,10 @@
 //! `CB = C Bᵀ` register-blocked. The combined forward computes only the blocks on or below the
 //! diagonal (`causal`), the only ones `chunk_scan` reads.
 
-use super::first_col;
-use super::{flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{store, V, W};
+use crate::tile::first_col;
 use crate::tile::{fma_cols, for_tiles, TileOp};
 use crate::SsdError;
 use ndarray::{Array5, ArrayView2, ArrayView4};

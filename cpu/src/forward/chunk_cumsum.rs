@@ -9,7 +9,7 @@
 //! from `hi` (Sterbenz) and then corrected by `lo`, so deep into a chunk (|a| ≫ 1) the decay
 //! factors keep f32 relative accuracy instead of `ulp(|a|)`.
 
-use super::{flat, Geom};
+use crate::geom::{flat, Geom};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::process_dt;
 use crate::SsdError;

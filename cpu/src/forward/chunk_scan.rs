@@ -8,9 +8,10 @@
 //! `acc = diag(e) C Pᵀ + M X` (the state product first, scaled by `e_l = exp(a_l)`, then the
 //! causal product over `s < l0 + R` only), and the `D`/`z` epilogue straight into `out`.
 
-use super::{first_col, flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, Par};
 use crate::simd::{exp_nonpos, load, load_partial, mask_ge, silu, store, store_partial, V, W};
+use crate::tile::first_col;
 use crate::tile::{fma_cols, for_tiles, TileOp};
 use crate::SsdError;
 use ndarray::{Array4, ArrayView2, ArrayView4, ArrayView5, ArrayViewD, ArrayViewMut2, Axis};

@@ -6,7 +6,7 @@
 //! Per (batch, chunk, head) tile: `w_s = exp(a_last − a_s) Δ_s`, `Xw = diag(w) X` (len × p,
 //! packed), then `Sᵀ (n × p) = Bᵀ Xw`, a register-blocked product with p along the vectors.
 
-use super::{flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load_partial, store, V, W};
 use crate::tile::product_cols_into;

@@ -10,7 +10,7 @@ use super::chunk_cumsum::chunk_cumsum_core;
 use super::chunk_scan::{d_table, ScanArgs};
 use super::fused::scan_fused;
 use super::recurrent::recurrent_core;
-use super::{ensure, flat, Geom, Seq};
+use crate::geom::{ensure, flat, Geom, Seq};
 use crate::par::Par;
 use crate::validate::validate;
 use crate::SsdError;

@@ -10,7 +10,7 @@
 
 use super::chunk_scan::{emit_block, prepare_block, ScanArgs, Scratch};
 use super::chunk_state::{pn_to_slabs, slabs_to_pn};
-use super::Geom;
+use crate::geom::Geom;
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{exp_nonpos, load, prefetch_range, store, V, W};
 use crate::tile::{fma_cols, for_tiles, TileOp};

@@ -23,7 +23,7 @@
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-use super::{flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, Par};
 use crate::simd::{
     avx512_in_use, load, load_partial, pad, prefetch_range, process_dt, silu, store, store_partial,

@@ -9,7 +9,7 @@
 //! the `S_c` slabs are overwritten by `P_c`.
 
 use super::chunk_state::{pn_to_slabs, slabs_to_pn};
-use super::{flat, Geom, Seq};
+use crate::geom::{flat, Geom, Seq};
 use crate::par::{for_each_tile, split_mut, Par};
 use crate::simd::{load, store, V, W};
 use crate::SsdError;
