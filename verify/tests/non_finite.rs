@@ -159,6 +159,7 @@ fn a_row_with_a_non_finite_result_or_truth_fails_naming_it() {
         "out: 1 non-finite value, first NaN at (b, l, h, p) = (1, 2, 0, 1)"
     );
     assert_eq!(r.error_cell(), "non-finite");
+    assert_eq!(r.max_abs_cell(), "NaN/inf");
     let json = r.to_json();
     assert!(json.contains("\"pass\":false"), "{json}");
     assert!(json.contains(&format!("\"note\":\"{}\"", r.note)), "{json}");

@@ -210,8 +210,12 @@ impl Row {
         self.cell(self.rel_l2)
     }
 
-    /// `max_abs` as a table cell (as [`Row::error_cell`]).
+    /// `max_abs` as a table cell (as [`Row::error_cell`], but `NaN/inf` for a non-finite
+    /// result, which fits the narrower column).
     pub fn max_abs_cell(&self) -> String {
+        if self.non_finite {
+            return "NaN/inf".into();
+        }
         self.cell(self.max_abs)
     }
 
