@@ -24,6 +24,18 @@ pub fn check_shape(
     }
 }
 
+/// The multi-index of position `flat` of a row-major array of `shape` (the inverse of the
+/// row-major order `iter` visits).
+pub fn unravel(flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    let mut rest = flat;
+    for (k, &len) in shape.iter().enumerate().rev() {
+        index[k] = rest % len;
+        rest /= len;
+    }
+    index
+}
+
 /// Returns the first non-finite element of `values` as an error.
 pub fn check_finite<'a, T, D>(
     tensor: &'static str,
@@ -36,17 +48,10 @@ where
     for (flat, &v) in values.iter().enumerate() {
         let v: f64 = v.into();
         if !v.is_finite() {
-            // `iter` visits in logical row-major order: unravel the flat position.
-            let shape = values.shape();
-            let mut index = vec![0; shape.len()];
-            let mut rest = flat;
-            for (k, &len) in shape.iter().enumerate().rev() {
-                index[k] = rest % len;
-                rest /= len;
-            }
+            // `iter` visits in logical row-major order
             return Err(SsdError::NonFinite {
                 tensor,
-                index,
+                index: unravel(flat, values.shape()),
                 value: v,
             });
         }

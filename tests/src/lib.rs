@@ -2,6 +2,21 @@
 
 pub mod grads;
 
+use ndarray::{Array, Dimension};
+use proptest::test_runner::TestCaseError;
+
+/// Fails naming the tensor, how many of its values are NaN or infinite and the index of the
+/// first ([`ssd_verify::finite::message`]); passes when every value is finite.
+pub fn finite<T: Copy + Into<f64>, D: Dimension>(
+    name: &str,
+    a: &Array<T, D>,
+) -> Result<(), TestCaseError> {
+    match ssd_verify::finite::message("", name, name, a) {
+        Some(m) => Err(TestCaseError::fail(m)),
+        None => Ok(()),
+    }
+}
+
 /// Path of a file under `tests/data/`: in the source tree the tests were built from, or, for
 /// test executables carried to another machine (`gpu-bundle`), relative to the repository root
 /// they run from.

@@ -23,8 +23,8 @@ use ssd_reference::{
     chunk_cumsum, mamba_chunk_scan_combined_bwd, ssd_chunked, ssd_recurrent, ssd_recurrent_bwd,
     AAdjoint, Gradients,
 };
-use ssd_tests::cases;
 use ssd_tests::grads::{grads_close, o32, rounded, seeds};
+use ssd_tests::{cases, finite};
 use ssd_verify::gen::client_regressions;
 use ssd_verify::strategies::{client_spec, CLIENT_MAX_ELEMENTS};
 use ssd_verify::tolerance::{max_abs, rel_l2, FORMS_F64, FORWARD_F32, GRADS_F64};
@@ -58,28 +58,6 @@ fn describe(s: &ProblemSpec) -> String {
         s.seq_idx,
         s.seed
     )
-}
-
-/// Every value of `a` finite; otherwise fails naming the tensor, the index of the first
-/// non-finite value, the value and how many there are.
-fn finite<T: Copy + Into<f64>, D: Dimension>(
-    what: &str,
-    a: &Array<T, D>,
-) -> Result<(), TestCaseError> {
-    let mut bad = a.indexed_iter().filter(|(_, v)| !(**v).into().is_finite());
-    if let Some((i, v)) = bad.next() {
-        let more = bad.count();
-        prop_assert!(
-            false,
-            "{} is not finite at {:?}: {} ({} more non-finite of {})",
-            what,
-            i,
-            (*v).into(),
-            more,
-            a.len()
-        );
-    }
-    Ok(())
 }
 
 /// Every gradient and A-adjoint part of a backward finite (`finite` names the first bad value).

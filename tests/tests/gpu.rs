@@ -16,7 +16,7 @@ use ssd_reference::{
     self as reference, process_dt, AAdjoint, ChunkedForward, DecodeInputs, DecodeOptions,
     ErrorKind, Gradients, Options, Problem, RmsNormOptions, SsdError,
 };
-use ssd_tests::cases;
+use ssd_tests::{cases, finite};
 use ssd_verify::gen::{client_regressions, random_array};
 use ssd_verify::rng::Rng;
 use ssd_verify::strategies::{broken_problem, client_spec, problem, spec_within, Limits};
@@ -101,14 +101,6 @@ fn up_opt<D: Dimension>(g: &Gpu, a: Option<&Array<f64, D>>) -> Option<DeviceArra
 
 fn down<D: Dimension>(g: &Gpu, a: &DeviceArray<f32, D>) -> Array<f32, D> {
     g.download(a).expect("download")
-}
-
-/// Fails naming the tensor, the count and the first index of its non-finite values, if any.
-fn finite<D: Dimension>(name: &str, got: &Array<f32, D>) -> Result<(), TestCaseError> {
-    match ssd_verify::finite::message("", name, name, got) {
-        Some(m) => Err(TestCaseError::fail(m)),
-        None => Ok(()),
-    }
 }
 
 fn close<D: Dimension>(

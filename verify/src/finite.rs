@@ -45,16 +45,9 @@ where
         }
     }
     let (flat, value) = first?;
-    let shape = a.shape();
-    let mut index = vec![0; shape.len()];
-    let mut rest = flat;
-    for (k, &len) in shape.iter().enumerate().rev() {
-        index[k] = rest % len;
-        rest /= len;
-    }
     Some(NonFinite {
         count,
-        index,
+        index: ssd_reference::validate::unravel(flat, a.shape()),
         value,
     })
 }
